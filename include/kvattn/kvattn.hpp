@@ -1,0 +1,16 @@
+#pragma once
+/// \file
+/// kvattn: transformer self-attention for inference, with a KV cache.
+/// Includes every public header.
+
+#include <kvattn/cache/kv_cache.hpp>
+#include <kvattn/config.hpp>
+#include <kvattn/error.hpp>
+#include <kvattn/layers/multi_head_attention.hpp>
+#include <kvattn/layers/projection.hpp>
+#include <kvattn/ops/attention.hpp>
+#include <kvattn/ops/linear.hpp>
+#include <kvattn/ops/rope.hpp>
+#include <kvattn/ops/softmax.hpp>
+#include <kvattn/types.hpp>
+#include <kvattn/version.hpp>

@@ -1,0 +1,213 @@
+#pragma once
+/// \file
+/// MultiHeadAttention: one self-attention layer with a KV cache.
+///
+/// For new tokens X [n_new x d_model] and a cache holding P tokens:
+///
+///   Q | K | V = X [Wq; Wk; Wv]^T + [bq; bk; bv]      (QKVProjection)
+///   rotate Q and K at positions P .. P+n_new-1          (RotaryEmbedding)
+///   cache.append(K, V)
+///   H[i, head h] = sum_{j <= P+i} softmax_j(scale * q_ih . k_j,h/g) v_j,h/g
+///   Y = H Wo^T + bo                                     [n_new x d_model]
+///
+/// with g = n_heads / n_kv_heads. MHA, GQA and MQA are the same class.
+
+#include <kvattn/cache/kv_cache.hpp>
+#include <kvattn/config.hpp>
+#include <kvattn/error.hpp>
+#include <kvattn/layers/projection.hpp>
+#include <kvattn/ops/attention.hpp>
+#include <kvattn/ops/rope.hpp>
+#include <kvattn/types.hpp>
+
+#include <utility>
+
+namespace kvattn {
+
+/// The learned parameters of one attention layer, [out][in] as nn.Linear
+/// stores them: wq [n_heads*head_dim x d_model], wk and wv
+/// [n_kv_heads*head_dim x d_model], wo [d_model x n_heads*head_dim].
+/// An empty bias vector means no bias.
+template <class T>
+struct AttentionWeights {
+  RowMatrix<T> wq, wk, wv, wo;
+  Vector<T> bq, bk, bv, bo;
+};
+
+/// Scratch memory for MultiHeadAttention calls, sized on first use and reused,
+/// so steady-state decoding allocates nothing. One per thread when a layer is
+/// shared between threads.
+template <class T>
+class AttentionWorkspace {
+ public:
+  /// Grows the buffers for n_new tokens against n_ctx cached positions (and
+  /// for one-token steps up to `capacity`). Throws std::bad_alloc before
+  /// changing anything.
+  void reserve(const AttentionConfig& c, Eigen::Index n_new, Eigen::Index n_ctx,
+               Eigen::Index capacity) {
+    Vector<T> nqkv, nheads;
+    const Eigen::Index qkv_size = n_new * (c.q_dim() + 2 * c.kv_dim());
+    if (qkv_.size() < qkv_size) nqkv.resize(qkv_size);
+    if (heads_.size() < n_new * c.q_dim()) nheads.resize(n_new * c.q_dim());
+    // A decode step against the full capacity needs group_size*capacity scores:
+    // reserve that at once so later steps never grow the buffer.
+    ops::AttentionScratch<T> scratch_copy;
+    const bool grow = attention_.scores.size() < std::min(n_new, ops::AttentionScratch<T>::tile_tokens) *
+                                                     c.group_size() * n_ctx ||
+                      attention_.scores.size() < c.group_size() * capacity ||
+                      attention_.q.size() < std::min(n_new, ops::AttentionScratch<T>::tile_tokens) *
+                                                c.group_size() * c.head_dim;
+    if (grow) {
+      scratch_copy.reserve(1, capacity, c.group_size(), c.head_dim);
+      scratch_copy.reserve(n_new, n_ctx, c.group_size(), c.head_dim);
+    }
+    // Nothing below allocates.
+    if (nqkv.size() != 0) qkv_.swap(nqkv);
+    if (nheads.size() != 0) heads_.swap(nheads);
+    if (grow) {
+      // Keep whichever buffer is larger.
+      if (scratch_copy.q.size() > attention_.q.size()) attention_.q.swap(scratch_copy.q);
+      if (scratch_copy.scores.size() > attention_.scores.size())
+        attention_.scores.swap(scratch_copy.scores);
+      if (scratch_copy.out.size() > attention_.out.size()) attention_.out.swap(scratch_copy.out);
+    }
+  }
+
+ private:
+  template <class>
+  friend class MultiHeadAttention;
+  Vector<T> qkv_;    // [n_new x q_dim + 2*kv_dim]
+  Vector<T> heads_;  // [n_new x q_dim]: attention output before Wo
+  ops::AttentionScratch<T> attention_;
+};
+
+template <class T>
+class MultiHeadAttention {
+ public:
+  using Scalar = T;
+  using Cache = KVCache<T>;
+
+  /// Validates config and weight shapes (std::invalid_argument naming the
+  /// weight, the expected and the actual shape).
+  MultiHeadAttention(const AttentionConfig& config, AttentionWeights<T> weights)
+      : config_(checked(config)),
+        qkv_(config_, weights.wq, weights.wk, weights.wv, weights.bq, weights.bk, weights.bv),
+        wo_(checked_wo(config_, std::move(weights.wo)), std::move(weights.bo)),
+        rope_(config_.head_dim, config_.rope, config_.rope_theta) {}
+
+  const AttentionConfig& config() const { return config_; }
+  const QKVProjection<T>& qkv() const { return qkv_; }
+  const Linear<T>& output() const { return wo_; }
+  const RotaryEmbedding<T>& rope() const { return rope_; }
+
+  /// A cache of the shape this layer needs.
+  Cache make_cache(Eigen::Index capacity) const {
+    return Cache(config_.n_kv_heads, config_.head_dim, capacity);
+  }
+
+  /// Runs n_new tokens (x: [n_new x d_model]) at positions cache.size() ...
+  /// cache.size()+n_new-1, appends their K and V to the cache and returns
+  /// [n_new x d_model]. Token i attends every cached position up to its own.
+  /// Throws std::invalid_argument (shapes) or std::length_error (capacity);
+  /// a call that throws leaves the cache as it was.
+  RowMatrix<T> forward(const Eigen::Ref<const RowMatrix<T>>& x, Cache& cache) {
+    check(kForward, x.rows(), x.cols(), "columns", cache);
+    RowMatrix<T> y(x.rows(), config_.d_model);
+    run(x, cache, y, workspace_);
+    return y;
+  }
+
+  /// One token: x [d_model] -> [d_model]; same contract as forward.
+  Vector<T> step(const Eigen::Ref<const Vector<T>>& x, Cache& cache) {
+    check(kStep, 1, x.size(), "elements", cache);
+    Vector<T> y(config_.d_model);
+    run(Eigen::Map<const RowMatrix<T>>(x.data(), 1, x.size()), cache,
+        Eigen::Map<RowMatrix<T>>(y.data(), 1, y.size()), workspace_);
+    return y;
+  }
+
+  /// forward into existing storage y [n_new x d_model], with caller-owned
+  /// scratch: const, so one layer can serve several threads, each with its own
+  /// cache and workspace.
+  void forward(const Eigen::Ref<const RowMatrix<T>>& x, Cache& cache, Eigen::Ref<RowMatrix<T>> y,
+               AttentionWorkspace<T>& workspace) const {
+    check(kForward, x.rows(), x.cols(), "columns", cache);
+    detail::check_shape(kForward, "y", y.rows(), y.cols(), "[x.rows() x d_model]", x.rows(),
+                        config_.d_model);
+    run(x, cache, y, workspace);
+  }
+
+  /// step into existing storage y [d_model]; allocates nothing once the
+  /// workspace has seen a step for this cache's capacity.
+  void step(const Eigen::Ref<const Vector<T>>& x, Cache& cache, Eigen::Ref<Vector<T>> y,
+            AttentionWorkspace<T>& workspace) const {
+    check(kStep, 1, x.size(), "elements", cache);
+    detail::check_size(kStep, "y", y.size(), "d_model", config_.d_model);
+    run(Eigen::Map<const RowMatrix<T>>(x.data(), 1, x.size()), cache,
+        Eigen::Map<RowMatrix<T>>(y.data(), 1, y.size()), workspace);
+  }
+
+ private:
+  static constexpr const char* kForward = "MultiHeadAttention::forward";
+  static constexpr const char* kStep = "MultiHeadAttention::step";
+
+  static const AttentionConfig& checked(const AttentionConfig& c) {
+    c.validate();
+    return c;
+  }
+  static RowMatrix<T> checked_wo(const AttentionConfig& c, RowMatrix<T> wo) {
+    detail::check_shape("MultiHeadAttention", "wo", wo.rows(), wo.cols(),
+                        "[d_model x n_heads*head_dim]", c.d_model, c.q_dim());
+    return wo;
+  }
+
+  void check(const char* fn, Eigen::Index n_new, Eigen::Index width, const char* unit,
+             const Cache& cache) const {
+    if (width != config_.d_model) {
+      throw std::invalid_argument(detail::concat(fn, ": x has ", width, " ", unit,
+                                                 ", expected d_model = ", config_.d_model));
+    }
+    if (cache.n_kv_heads() != config_.n_kv_heads || cache.head_dim() != config_.head_dim) {
+      throw std::invalid_argument(detail::concat(
+          fn, ": cache has n_kv_heads = ", cache.n_kv_heads(), ", head_dim = ", cache.head_dim(),
+          ", expected n_kv_heads = ", config_.n_kv_heads, ", head_dim = ", config_.head_dim));
+    }
+    cache.check_room(fn, n_new);
+  }
+
+  // Shapes are checked; the cache has room for x.rows() more tokens.
+  void run(const Eigen::Ref<const RowMatrix<T>>& x, Cache& cache, Eigen::Ref<RowMatrix<T>> y,
+           AttentionWorkspace<T>& ws) const {
+    const Eigen::Index n_new = x.rows();
+    if (n_new == 0) return;
+    const Eigen::Index pos = cache.size();
+    const Eigen::Index q_dim = config_.q_dim();
+    const Eigen::Index kv_dim = config_.kv_dim();
+    ws.reserve(config_, n_new, pos + n_new, cache.capacity());  // may throw; nothing changed yet
+
+    Eigen::Map<RowMatrix<T>> qkv(ws.qkv_.data(), n_new, qkv_.out_dim());  // q | k | v per token
+    Eigen::Map<RowMatrix<T>> heads(ws.heads_.data(), n_new, q_dim);
+    ops::linear_batch<T>(qkv_.stacked_weight(), qkv_.stacked_bias(), x, qkv);
+    if (config_.rope != RopeStyle::None) {
+      rope_.apply(qkv.leftCols(q_dim), pos);
+      rope_.apply(qkv.middleCols(q_dim, kv_dim), pos);
+    }
+    cache.append(qkv.middleCols(q_dim, kv_dim), qkv.rightCols(kv_dim));
+    try {
+      ops::attend_causal<T>(qkv.leftCols(q_dim), cache, pos, config_.n_heads,
+                            static_cast<T>(config_.scale()), heads, ws.attention_);
+      ops::linear_batch<T>(wo_.weight(), wo_.bias(), heads, y);
+    } catch (...) {
+      cache.truncate(pos);  // e.g. std::bad_alloc inside a matrix product: undo the append
+      throw;
+    }
+  }
+
+  AttentionConfig config_;
+  QKVProjection<T> qkv_;
+  Linear<T> wo_;
+  RotaryEmbedding<T> rope_;
+  AttentionWorkspace<T> workspace_;  // used by the two-argument forward and step
+};
+
+}  // namespace kvattn
