@@ -33,9 +33,9 @@ static kvattn::RowMatrix<double> plain_attention(const kvattn::RowMatrix<double>
 TYPED_TEST(AttentionKernels, DecodeGroupMatchesPlainLoops) {
   using T = TypeParam;
   std::mt19937 rng(5);
-  for (Eigen::Index group : {1, 2, 4}) {
-    for (Eigen::Index head_dim : {1, 5, 64}) {
-      for (Eigen::Index n_ctx : {1, 7, 300}) {
+  for (Eigen::Index group : {1, 2, 3, 4, 6, 8}) {
+    for (Eigen::Index head_dim : {1, 5, 12, 64, 128}) {
+      for (Eigen::Index n_ctx : {1, 2, 7, 300, 1100}) {
         const auto q = test::random_matrix<double>(group, head_dim, rng, 2.0);
         const auto k = test::random_matrix<double>(n_ctx, head_dim, rng, 2.0);
         const auto v = test::random_matrix<double>(n_ctx, head_dim, rng);
