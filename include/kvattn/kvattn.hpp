@@ -6,10 +6,15 @@
 #include <kvattn/cache/kv_cache.hpp>
 #include <kvattn/config.hpp>
 #include <kvattn/error.hpp>
+#include <kvattn/io/llama2c.hpp>
 #include <kvattn/layers/multi_head_attention.hpp>
 #include <kvattn/layers/projection.hpp>
+#include <kvattn/models/llama.hpp>
+#include <kvattn/models/sampler.hpp>
+#include <kvattn/models/tokenizer.hpp>
 #include <kvattn/ops/attention.hpp>
 #include <kvattn/ops/linear.hpp>
+#include <kvattn/ops/rmsnorm.hpp>
 #include <kvattn/ops/rope.hpp>
 #include <kvattn/ops/softmax.hpp>
 #include <kvattn/types.hpp>

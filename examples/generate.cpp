@@ -1,0 +1,203 @@
+// generate: run a llama2.c checkpoint with kvattn.
+//
+//   generate MODEL.bin [-z TOKENIZER.bin] [-n N] [-t T] [-p P] [-s SEED]
+//            [-i TEXT | --prompt-ids "ID ID ..."] [--print-ids] [--no-cache]
+//
+// BOS (id 1) is put first; the prompt is processed with one batched prefill,
+// then one step per token. Position p yields the token for position p + 1:
+// the prompt's own next token while inside the prompt, the sampler's choice
+// after it. Generation stops when the model produces BOS or after N positions.
+#include <kvattn/kvattn.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace {
+
+void usage(const char* argv0) {
+  std::fprintf(stderr,
+               "usage: %s MODEL.bin [options]\n"
+               "  -z PATH            tokenizer file (without it, output is ids)\n"
+               "  -n N               positions run through the model, BOS included\n"
+               "                     (default and maximum: the model's seq_len)\n"
+               "  -t T               temperature, 0 = greedy (default 0)\n"
+               "  -p P               top-p in (0, 1] (default 0.9)\n"
+               "  -s SEED            random seed (default: time)\n"
+               "  -i TEXT            prompt text (needs -z)\n"
+               "  --prompt-ids IDS   prompt as ids, e.g. \"368 430 281\"\n"
+               "  --print-ids        print each token id after BOS, one per line\n"
+               "  --no-cache         recompute the whole sequence every step (slow)\n",
+               argv0);
+  std::exit(2);
+}
+
+bool parse_long(const char* s, long& out) {
+  char* end = nullptr;
+  out = std::strtol(s, &end, 10);
+  return end != s && *end == '\0';
+}
+bool parse_double(const char* s, double& out) {
+  char* end = nullptr;
+  out = std::strtod(s, &end);
+  return end != s && *end == '\0';
+}
+
+struct Options {
+  std::string model, tokenizer, prompt_text, prompt_ids;
+  long steps = 0;
+  double temperature = 0.0, top_p = 0.9;
+  unsigned long long seed = 0;
+  bool has_text = false, has_ids = false, print_ids = false, no_cache = false;
+};
+
+Options parse(int argc, char** argv) {
+  Options o;
+  if (argc < 2 || argv[1][0] == '-') usage(argv[0]);
+  o.model = argv[1];
+  o.seed = static_cast<unsigned long long>(std::chrono::steady_clock::now().time_since_epoch().count());
+  for (int i = 2; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto value = [&]() -> const char* {
+      if (i + 1 >= argc) usage(argv[0]);
+      return argv[++i];
+    };
+    long l = 0;
+    double d = 0;
+    if (a == "-z") {
+      o.tokenizer = value();
+    } else if (a == "-n") {
+      if (!parse_long(value(), l) || l < 1) usage(argv[0]);
+      o.steps = l;
+    } else if (a == "-t") {
+      if (!parse_double(value(), d) || !(d >= 0)) usage(argv[0]);
+      o.temperature = d;
+    } else if (a == "-p") {
+      if (!parse_double(value(), d) || !(d > 0 && d <= 1)) usage(argv[0]);
+      o.top_p = d;
+    } else if (a == "-s") {
+      if (!parse_long(value(), l) || l < 0) usage(argv[0]);
+      o.seed = static_cast<unsigned long long>(l);
+    } else if (a == "-i") {
+      o.prompt_text = value();
+      o.has_text = true;
+    } else if (a == "--prompt-ids") {
+      o.prompt_ids = value();
+      o.has_ids = true;
+    } else if (a == "--print-ids") {
+      o.print_ids = true;
+    } else if (a == "--no-cache") {
+      o.no_cache = true;
+    } else {
+      usage(argv[0]);
+    }
+  }
+  if (o.has_text && o.has_ids) usage(argv[0]);
+  if (o.has_text && o.tokenizer.empty()) usage(argv[0]);
+  return o;
+}
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const Options opt = parse(argc, argv);
+  try {
+    kvattn::Llama<float> model(kvattn::read_llama2c_checkpoint<float>(opt.model));
+    const kvattn::LlamaConfig& c = model.config();
+    std::unique_ptr<kvattn::Tokenizer> tok;
+    if (!opt.tokenizer.empty()) {
+      tok = std::make_unique<kvattn::Tokenizer>(
+          kvattn::read_llama2c_tokenizer(opt.tokenizer, int(c.vocab_size)));
+    }
+    const long steps = opt.steps == 0 ? long(c.seq_len) : opt.steps;
+    if (steps > c.seq_len) {
+      std::fprintf(stderr, "-n %ld exceeds the model's seq_len %ld\n", steps, long(c.seq_len));
+      usage(argv[0]);
+    }
+
+    // The prompt: BOS, then the text's or the given ids.
+    std::vector<int> prompt{kvattn::Tokenizer::kBos};
+    if (opt.has_text) {
+      prompt = tok->encode(opt.prompt_text, /*bos=*/true);
+    } else if (opt.has_ids) {
+      std::istringstream ids(opt.prompt_ids);
+      std::string word;
+      while (ids >> word) {
+        long id = 0;
+        if (!parse_long(word.c_str(), id) || id < 0 || id >= c.vocab_size) {
+          std::fprintf(stderr, "--prompt-ids: '%s' is not a token id in [0, %ld)\n", word.c_str(),
+                       long(c.vocab_size));
+          usage(argv[0]);
+        }
+        prompt.push_back(int(id));
+      }
+    }
+
+    kvattn::Sampler sampler(opt.temperature, opt.top_p, opt.seed);
+    kvattn::LlamaState<float> state = model.make_state(steps);
+    std::vector<int> sequence;  // every token fed so far
+    auto emit = [&](int prev, int next) {
+      if (opt.print_ids) {
+        std::printf("%d\n", next);
+      } else if (tok) {
+        std::fputs(tok->decode(prev, next).c_str(), stdout);
+      } else {
+        std::printf("%d ", next);
+      }
+      std::fflush(stdout);
+    };
+
+    // Prefill: the prompt positions that fit, in one batched pass.
+    const long n_prompt = std::min<long>(long(prompt.size()), steps);
+    sequence.assign(prompt.begin(), prompt.begin() + n_prompt);
+    const auto t_prefill = Clock::now();
+    kvattn::Vector<float> logits;
+    if (opt.no_cache) {
+      logits = model.forward(sequence, state).bottomRows(1).transpose();
+    } else {
+      logits = model.prefill(sequence, state);
+    }
+    const double prefill_s = seconds_since(t_prefill);
+    for (long p = 0; p + 1 < n_prompt; ++p) emit(prompt[size_t(p)], prompt[size_t(p + 1)]);
+
+    long pos = n_prompt - 1;  // position of the last token fed
+    int next = pos + 1 < long(prompt.size()) ? prompt[size_t(pos + 1)] : sampler.sample<float>(logits);
+    const auto t_decode = Clock::now();
+    long decoded = 0;
+    while (next != kvattn::Tokenizer::kBos) {
+      emit(sequence.back(), next);
+      if (pos + 1 >= steps) break;
+      sequence.push_back(next);
+      ++pos;
+      if (opt.no_cache) {
+        kvattn::LlamaState<float> fresh = model.make_state(steps);
+        logits = model.forward(sequence, fresh).bottomRows(1).transpose();
+      } else {
+        logits = model.step(next, state);
+      }
+      ++decoded;
+      next = pos + 1 < long(prompt.size()) ? prompt[size_t(pos + 1)] : sampler.sample<float>(logits);
+    }
+    const double decode_s = seconds_since(t_decode);
+    if (!opt.print_ids) {
+      std::printf("\n");
+      std::fflush(stdout);
+      std::fprintf(stderr, "prefill: %ld tokens, %.1f tokens/s; decode: %ld tokens, %.1f tokens/s%s\n",
+                   n_prompt, n_prompt / std::max(prefill_s, 1e-9), decoded,
+                   decoded / std::max(decode_s, 1e-9), opt.no_cache ? " (no cache)" : "");
+    }
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "generate: %s\n", e.what());
+    return 1;
+  }
+}

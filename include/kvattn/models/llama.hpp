@@ -1,0 +1,294 @@
+#pragma once
+/// \file
+/// A minimal Llama decoder built from kvattn's layers (the architecture of
+/// llama2.c's checkpoints):
+///
+///   x = embedding[token]                                   [n x dim]
+///   per layer:
+///     x += MultiHeadAttention(rmsnorm(x) * attention_norm)  (RoPE, GQA, KV cache)
+///     h  = rmsnorm(x) * ffn_norm
+///     x += (silu(h W1^T) * (h W3^T)) W2^T                  SwiGLU, hidden_dim wide
+///   logits = (rmsnorm(x) * final_norm) C^T                  C = classifier or embedding
+///
+/// with rmsnorm(x) = x / sqrt(mean(x^2) + eps) and silu(a) = a / (1 + e^-a).
+/// A LlamaState holds one KV cache per layer: the sequence so far.
+
+#include <kvattn/cache/kv_cache.hpp>
+#include <kvattn/config.hpp>
+#include <kvattn/error.hpp>
+#include <kvattn/layers/multi_head_attention.hpp>
+#include <kvattn/ops/linear.hpp>
+#include <kvattn/ops/rmsnorm.hpp>
+#include <kvattn/types.hpp>
+
+#include <stdexcept>
+#include <utility>
+#include <vector>
+
+namespace kvattn {
+
+/// Shape of a Llama decoder.
+struct LlamaConfig {
+  Eigen::Index dim = 0;         ///< model width (d_model)
+  Eigen::Index hidden_dim = 0;  ///< feed-forward width
+  Eigen::Index n_layers = 0;
+  Eigen::Index n_heads = 0;
+  Eigen::Index n_kv_heads = 0;
+  Eigen::Index vocab_size = 0;
+  Eigen::Index seq_len = 0;  ///< longest sequence the model was trained for
+  double norm_eps = 1e-5;
+  double rope_theta = 10000.0;
+  RopeStyle rope = RopeStyle::Interleaved;
+
+  Eigen::Index head_dim() const { return dim / n_heads; }
+  AttentionConfig attention() const {
+    return AttentionConfig{dim, n_heads, n_kv_heads, head_dim(), rope, rope_theta};
+  }
+
+  /// Throws std::invalid_argument naming the first impossible field.
+  void validate() const {
+    constexpr const char* fn = "LlamaConfig";
+    detail::check_arg(dim > 0, fn, "dim", dim, "> 0");
+    detail::check_arg(hidden_dim > 0, fn, "hidden_dim", hidden_dim, "> 0");
+    detail::check_arg(n_layers > 0, fn, "n_layers", n_layers, "> 0");
+    detail::check_arg(n_heads > 0, fn, "n_heads", n_heads, "> 0");
+    detail::check_arg(vocab_size > 0, fn, "vocab_size", vocab_size, "> 0");
+    detail::check_arg(seq_len > 0, fn, "seq_len", seq_len, "> 0");
+    if (dim % n_heads != 0) {
+      throw std::invalid_argument(detail::concat(fn, ": dim = ", dim,
+                                                 " is not a multiple of n_heads = ", n_heads));
+    }
+    attention().validate();
+  }
+};
+
+/// Weights of one decoder layer, [out][in] as nn.Linear stores them.
+template <class T>
+struct LlamaLayerWeights {
+  Vector<T> attention_norm;       ///< [dim]
+  AttentionWeights<T> attention;  ///< wq, wk, wv, wo (no biases in Llama)
+  Vector<T> ffn_norm;             ///< [dim]
+  RowMatrix<T> w1;                ///< [hidden_dim x dim]  gate
+  RowMatrix<T> w2;                ///< [dim x hidden_dim]  down
+  RowMatrix<T> w3;                ///< [hidden_dim x dim]  up
+};
+
+/// All weights of a Llama decoder.
+template <class T>
+struct LlamaWeights {
+  LlamaConfig config;
+  RowMatrix<T> token_embedding;  ///< [vocab_size x dim]
+  std::vector<LlamaLayerWeights<T>> layers;
+  Vector<T> final_norm;     ///< [dim]
+  RowMatrix<T> classifier;  ///< [vocab_size x dim], or empty to share token_embedding
+};
+
+/// The sequence state of one conversation: a KV cache per layer. Move-only;
+/// copy() makes a deep copy.
+template <class T>
+class LlamaState {
+ public:
+  LlamaState(LlamaState&&) noexcept = default;
+  LlamaState& operator=(LlamaState&&) noexcept = default;
+  LlamaState(const LlamaState&) = delete;
+  LlamaState& operator=(const LlamaState&) = delete;
+
+  /// Tokens processed so far: the position the next token gets.
+  Eigen::Index pos() const { return caches_.front().size(); }
+  Eigen::Index capacity() const { return caches_.front().capacity(); }
+  const KVCache<T>& cache(Eigen::Index layer) const { return caches_.at(size_t(layer)); }
+
+  /// Rolls back to the first n tokens in every layer.
+  void truncate(Eigen::Index n) {
+    if (n < 0 || n > pos()) {
+      throw std::invalid_argument(
+          detail::concat("LlamaState::truncate: n = ", n, ", expected 0 <= n <= pos() = ", pos()));
+    }
+    for (KVCache<T>& c : caches_) c.truncate(n);
+  }
+  void clear() noexcept {
+    for (KVCache<T>& c : caches_) c.clear();
+  }
+  LlamaState copy() const {
+    LlamaState s;
+    for (const KVCache<T>& c : caches_) s.caches_.push_back(c.copy());
+    return s;
+  }
+
+ private:
+  template <class>
+  friend class Llama;
+  LlamaState() = default;
+  std::vector<KVCache<T>> caches_;  // [n_layers]
+};
+
+template <class T>
+class Llama {
+ public:
+  using Scalar = T;
+
+  /// Validates the config and every weight shape (std::invalid_argument
+  /// naming the layer and the weight).
+  explicit Llama(LlamaWeights<T> w)
+      : config_(checked(w)),
+        embedding_(std::move(w.token_embedding)),
+        final_norm_(std::move(w.final_norm)),
+        classifier_(std::move(w.classifier)) {
+    layers_.reserve(w.layers.size());
+    for (LlamaLayerWeights<T>& lw : w.layers) {
+      layers_.push_back(Layer{std::move(lw.attention_norm),
+                              MultiHeadAttention<T>(config_.attention(), std::move(lw.attention)),
+                              std::move(lw.ffn_norm), std::move(lw.w1), std::move(lw.w2),
+                              std::move(lw.w3)});
+      lw = LlamaLayerWeights<T>();  // release the loaded copy as soon as the layer owns it
+    }
+  }
+
+  const LlamaConfig& config() const { return config_; }
+  /// [vocab_size x dim]
+  const RowMatrix<T>& token_embedding() const { return embedding_; }
+  /// True when the classifier is the token embedding (no second copy is kept).
+  bool shares_classifier() const { return classifier_.size() == 0; }
+
+  /// A fresh state holding up to capacity tokens (default: seq_len).
+  LlamaState<T> make_state(Eigen::Index capacity = 0) const {
+    const Eigen::Index cap = capacity > 0 ? capacity : config_.seq_len;
+    LlamaState<T> s;
+    s.caches_.reserve(size_t(config_.n_layers));
+    for (const Layer& l : layers_) s.caches_.push_back(l.attention.make_cache(cap));
+    return s;
+  }
+
+  /// Runs tokens at positions state.pos() ... and returns the logits after
+  /// every one of them: [tokens.size() x vocab_size].
+  RowMatrix<T> forward(const std::vector<int>& tokens, LlamaState<T>& state) {
+    run(tokens, state, "Llama::forward");
+    RowMatrix<T> logits(x_.rows(), config_.vocab_size);
+    ops::linear_batch<T>(classifier(), Vector<T>(), x_, logits);
+    return logits;
+  }
+
+  /// Runs a prompt in one batched pass (each layer sees all its tokens at
+  /// once) and returns the logits after the last token: [vocab_size].
+  Vector<T> prefill(const std::vector<int>& tokens, LlamaState<T>& state) {
+    detail::check_arg(!tokens.empty(), "Llama::prefill", "tokens.size()", 0, "> 0");
+    run(tokens, state, "Llama::prefill");
+    return last_logits();
+  }
+
+  /// One token at position state.pos(); returns the logits: [vocab_size].
+  Vector<T> step(int token, LlamaState<T>& state) {
+    const std::vector<int>& one = (single_[0] = token, single_);
+    run(one, state, "Llama::step");
+    return last_logits();
+  }
+
+ private:
+  struct Layer {
+    Vector<T> attention_norm;
+    MultiHeadAttention<T> attention;
+    Vector<T> ffn_norm;
+    RowMatrix<T> w1, w2, w3;
+  };
+
+  static const LlamaConfig& checked(const LlamaWeights<T>& w) {
+    const LlamaConfig& c = w.config;
+    c.validate();
+    constexpr const char* fn = "Llama";
+    detail::check_shape(fn, "token_embedding", w.token_embedding.rows(), w.token_embedding.cols(),
+                        "[vocab_size x dim]", c.vocab_size, c.dim);
+    detail::check_size(fn, "final_norm", w.final_norm.size(), "dim", c.dim);
+    if (w.classifier.size() != 0) {
+      detail::check_shape(fn, "classifier", w.classifier.rows(), w.classifier.cols(),
+                          "[vocab_size x dim]", c.vocab_size, c.dim);
+    }
+    if (Eigen::Index(w.layers.size()) != c.n_layers) {
+      throw std::invalid_argument(detail::concat(fn, ": layers has ", w.layers.size(),
+                                                 " entries, expected n_layers = ", c.n_layers));
+    }
+    for (size_t l = 0; l < w.layers.size(); ++l) {
+      const LlamaLayerWeights<T>& lw = w.layers[l];
+      const std::string at = detail::concat(fn, " layer ", l);
+      detail::check_size(at.c_str(), "attention_norm", lw.attention_norm.size(), "dim", c.dim);
+      detail::check_size(at.c_str(), "ffn_norm", lw.ffn_norm.size(), "dim", c.dim);
+      detail::check_shape(at.c_str(), "w1", lw.w1.rows(), lw.w1.cols(), "[hidden_dim x dim]",
+                          c.hidden_dim, c.dim);
+      detail::check_shape(at.c_str(), "w2", lw.w2.rows(), lw.w2.cols(), "[dim x hidden_dim]", c.dim,
+                          c.hidden_dim);
+      detail::check_shape(at.c_str(), "w3", lw.w3.rows(), lw.w3.cols(), "[hidden_dim x dim]",
+                          c.hidden_dim, c.dim);
+    }
+    return c;
+  }
+
+  const RowMatrix<T>& classifier() const {
+    return classifier_.size() != 0 ? classifier_ : embedding_;
+  }
+
+  Vector<T> last_logits() const {
+    Vector<T> logits(config_.vocab_size);
+    ops::linear<T>(classifier(), Vector<T>(), x_.row(x_.rows() - 1).transpose(), logits);
+    return logits;
+  }
+
+  // Runs the tokens through every layer; leaves the final-normed hidden
+  // states in x_ [n x dim]. Checks everything first; if anything throws
+  // later, every cache is rolled back, so the state is as before.
+  void run(const std::vector<int>& tokens, LlamaState<T>& state, const char* fn) {
+    const Eigen::Index n = Eigen::Index(tokens.size());
+    for (size_t i = 0; i < tokens.size(); ++i) {
+      if (tokens[i] < 0 || tokens[i] >= config_.vocab_size) {
+        throw std::invalid_argument(detail::concat(fn, ": tokens[", i, "] = ", tokens[i],
+                                                   ", expected 0 <= token < vocab_size = ",
+                                                   config_.vocab_size));
+      }
+    }
+    if (Eigen::Index(state.caches_.size()) != config_.n_layers ||
+        state.caches_.front().n_kv_heads() != config_.n_kv_heads ||
+        state.caches_.front().head_dim() != config_.head_dim()) {
+      throw std::invalid_argument(detail::concat(fn, ": state was not made by this model"));
+    }
+    state.caches_.front().check_room(fn, n);
+    const Eigen::Index pos = state.pos();
+
+    x_.resize(n, config_.dim);            // residual stream
+    xb_.resize(n, config_.dim);           // normed input of a sublayer
+    attn_.resize(n, config_.dim);         // attention output
+    h1_.resize(n, config_.hidden_dim);    // gate
+    h3_.resize(n, config_.hidden_dim);    // up
+    const T eps = static_cast<T>(config_.norm_eps);
+    for (Eigen::Index i = 0; i < n; ++i) x_.row(i) = embedding_.row(tokens[size_t(i)]);
+    try {
+      for (size_t l = 0; l < layers_.size(); ++l) {
+        Layer& L = layers_[l];
+        ops::rmsnorm_rows<T>(x_, L.attention_norm, eps, xb_);
+        L.attention.forward(xb_, state.caches_[l], attn_, workspace_);
+        x_ += attn_;
+        ops::rmsnorm_rows<T>(x_, L.ffn_norm, eps, xb_);
+        h1_.noalias() = xb_ * L.w1.transpose();
+        h3_.noalias() = xb_ * L.w3.transpose();
+        h1_.array() = h1_.array() / (T(1) + (-h1_.array()).exp()) * h3_.array();  // silu(h1) * h3
+        x_.noalias() += h1_ * L.w2.transpose();
+      }
+      ops::rmsnorm_rows<T>(x_, final_norm_, eps, x_);
+    } catch (...) {
+      for (KVCache<T>& c : state.caches_) {
+        if (c.size() > pos) c.truncate(pos);
+      }
+      throw;
+    }
+  }
+
+  LlamaConfig config_;
+  RowMatrix<T> embedding_;  // [vocab_size x dim]
+  std::vector<Layer> layers_;
+  Vector<T> final_norm_;    // [dim]
+  RowMatrix<T> classifier_; // [vocab_size x dim] or empty (shared with embedding_)
+
+  // Scratch, reused across calls: [n x dim] and [n x hidden_dim].
+  RowMatrix<T> x_, xb_, attn_, h1_, h3_;
+  AttentionWorkspace<T> workspace_;
+  std::vector<int> single_ = std::vector<int>(1);
+};
+
+}  // namespace kvattn
