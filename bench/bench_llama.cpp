@@ -1,0 +1,108 @@
+// The Llama decoder on the shared real checkpoints (shared/models), against a
+// plain single-file C implementation of the same forward pass (plain_llama.c,
+// built with the same flags), in one binary.
+//
+//   BM_LlamaDecode/model       kvattn: BOS prefilled, then one step per token for
+//                              `positions` positions; items/s = tokens/s
+//   BM_PlainDecode/model       plain C: one token per call, the same positions
+//   BM_PlainDecodeOfast/model  the same C built with -Ofast (llama2.c's "runfast")
+//   BM_LlamaPrefill/model      kvattn: the same tokens as one batched prefill
+//
+// model 0 = aidreams260K.bin (MHA, 128 positions), 1 = stories260K.bin (GQA, 256).
+// One thread.
+#include <kvattn/kvattn.hpp>
+
+#include "plain_llama.h"
+
+#include <benchmark/benchmark.h>
+
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace {
+
+struct Model {
+  const char* file;
+  int positions;
+};
+const Model kModels[] = {{"aidreams260K.bin", 128}, {"stories260K.bin", 256}};
+
+std::string path_of(int64_t id) { return std::string(KVATTN_MODELS_DIR) + "/" + kModels[id].file; }
+
+// A fixed token sequence: BOS, then ids spread over the vocabulary.
+std::vector<int> tokens(int n, int vocab) {
+  std::vector<int> t{1};
+  for (int i = 1; i < n; ++i) t.push_back(3 + (i * 37) % (vocab - 3));
+  return t;
+}
+
+bool skip_without_models(benchmark::State& state, int64_t id) {
+  if (std::filesystem::exists(path_of(id))) return false;
+  state.SkipWithError(("shared checkpoint not found: " + path_of(id)).c_str());
+  return true;
+}
+
+void BM_LlamaDecode(benchmark::State& state) {
+  const int64_t id = state.range(0);
+  if (skip_without_models(state, id)) return;
+  kvattn::Llama<float> model(kvattn::read_llama2c_checkpoint<float>(path_of(id)));
+  const int n = kModels[id].positions;
+  const std::vector<int> seq = tokens(n, int(model.config().vocab_size));
+  kvattn::LlamaState<float> s = model.make_state(n);
+  for (auto _ : state) {
+    s.clear();
+    for (int p = 0; p < n; ++p) benchmark::DoNotOptimize(model.step(seq[size_t(p)], s).data());
+  }
+  state.SetItemsProcessed(state.iterations() * n);
+}
+
+void BM_PlainDecode(benchmark::State& state) {
+  const int64_t id = state.range(0);
+  if (skip_without_models(state, id)) return;
+  PlainLlama* m = plain_llama_open(path_of(id).c_str());
+  const int n = kModels[id].positions;
+  const std::vector<int> seq = tokens(n, plain_llama_vocab_size(m));
+  for (auto _ : state) {
+    for (int p = 0; p < n; ++p) benchmark::DoNotOptimize(plain_llama_forward(m, seq[size_t(p)], p));
+  }
+  state.SetItemsProcessed(state.iterations() * n);
+  plain_llama_close(m);
+}
+
+void BM_PlainDecodeOfast(benchmark::State& state) {
+  const int64_t id = state.range(0);
+  if (skip_without_models(state, id)) return;
+  PlainLlama* m = plain_llama_fast_open(path_of(id).c_str());
+  const int n = kModels[id].positions;
+  const std::vector<int> seq = tokens(n, plain_llama_vocab_size(m));
+  for (auto _ : state) {
+    for (int p = 0; p < n; ++p) benchmark::DoNotOptimize(plain_llama_fast_forward(m, seq[size_t(p)], p));
+  }
+  state.SetItemsProcessed(state.iterations() * n);
+  plain_llama_fast_close(m);
+}
+
+void BM_LlamaPrefill(benchmark::State& state) {
+  const int64_t id = state.range(0);
+  if (skip_without_models(state, id)) return;
+  kvattn::Llama<float> model(kvattn::read_llama2c_checkpoint<float>(path_of(id)));
+  const int n = kModels[id].positions;
+  const std::vector<int> seq = tokens(n, int(model.config().vocab_size));
+  kvattn::LlamaState<float> s = model.make_state(n);
+  for (auto _ : state) {
+    s.clear();
+    benchmark::DoNotOptimize(model.prefill(seq, s).data());
+  }
+  state.SetItemsProcessed(state.iterations() * n);
+}
+
+}  // namespace
+
+BENCHMARK(BM_LlamaDecode)->ArgName("model")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_PlainDecode)->ArgName("model")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_PlainDecodeOfast)->ArgName("model")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_LlamaPrefill)->ArgName("model")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond);
+
+BENCHMARK_MAIN();
