@@ -58,30 +58,28 @@ void BM_LlamaDecode(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations() * n);
 }
 
-void BM_PlainDecode(benchmark::State& state) {
+// The plain C loop: one forward call per position, open/forward/close being
+// one of the two builds of plain_llama.c.
+void plain_decode(benchmark::State& state, PlainLlama* (*open)(const char*),
+                  const float* (*forward)(PlainLlama*, int, int), void (*close)(PlainLlama*)) {
   const int64_t id = state.range(0);
   if (skip_without_models(state, id)) return;
-  PlainLlama* m = plain_llama_open(path_of(id).c_str());
+  PlainLlama* m = open(path_of(id).c_str());
   const int n = kModels[id].positions;
   const std::vector<int> seq = tokens(n, plain_llama_vocab_size(m));
   for (auto _ : state) {
-    for (int p = 0; p < n; ++p) benchmark::DoNotOptimize(plain_llama_forward(m, seq[size_t(p)], p));
+    for (int p = 0; p < n; ++p) benchmark::DoNotOptimize(forward(m, seq[size_t(p)], p));
   }
   state.SetItemsProcessed(state.iterations() * n);
-  plain_llama_close(m);
+  close(m);
+}
+
+void BM_PlainDecode(benchmark::State& state) {
+  plain_decode(state, plain_llama_open, plain_llama_forward, plain_llama_close);
 }
 
 void BM_PlainDecodeOfast(benchmark::State& state) {
-  const int64_t id = state.range(0);
-  if (skip_without_models(state, id)) return;
-  PlainLlama* m = plain_llama_fast_open(path_of(id).c_str());
-  const int n = kModels[id].positions;
-  const std::vector<int> seq = tokens(n, plain_llama_vocab_size(m));
-  for (auto _ : state) {
-    for (int p = 0; p < n; ++p) benchmark::DoNotOptimize(plain_llama_fast_forward(m, seq[size_t(p)], p));
-  }
-  state.SetItemsProcessed(state.iterations() * n);
-  plain_llama_fast_close(m);
+  plain_decode(state, plain_llama_fast_open, plain_llama_fast_forward, plain_llama_fast_close);
 }
 
 void BM_LlamaPrefill(benchmark::State& state) {
