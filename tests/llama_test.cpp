@@ -38,6 +38,7 @@ struct ModelCase {
   const char* file;
   size_t positions;
 };
+void PrintTo(const ModelCase& c, std::ostream* os) { *os << c.file << ", " << c.positions << " positions"; }
 
 }  // namespace
 
@@ -76,7 +77,8 @@ INSTANTIATE_TEST_SUITE_P(Shared, RealCheckpoint,
                          ::testing::Values(ModelCase{"aidreams260K.bin", 128},
                                            ModelCase{"stories260K.bin", 160}),
                          [](const auto& info) {
-                           return std::string(info.param.file).substr(0, 8);
+                           const std::string file = info.param.file;
+                           return file.substr(0, file.find('.'));  // e.g. aidreams260K
                          });
 
 // llama2.c's greedy output of aidreams260K.bin from BOS (shared/models/README.md).
@@ -149,7 +151,7 @@ TEST(RealCheckpointText, BadTokensAndOverflowLeaveTheStateUntouched) {
   }
   // Rolling back one token and feeding it again reproduces the logits.
   state.truncate(2);
-  EXPECT_TRUE(test::close(model.step(401, state), first, 1e-6));
+  EXPECT_TRUE(test::close(model.step(401, state), first, 1e-5));
 }
 
 TEST(LlamaErrors, WeightShapesAreChecked) {

@@ -14,6 +14,7 @@
 
 #include <kvattn/cache/kv_cache.hpp>
 #include <kvattn/config.hpp>
+#include <kvattn/detail/scratch.hpp>
 #include <kvattn/error.hpp>
 #include <kvattn/layers/projection.hpp>
 #include <kvattn/ops/attention.hpp>
@@ -40,37 +41,15 @@ struct AttentionWeights {
 template <class T>
 class AttentionWorkspace {
  public:
-  /// Grows the buffers for n_new tokens against n_ctx cached positions (and
-  /// for one-token steps up to `capacity`). Throws std::bad_alloc before
-  /// changing anything.
+  /// Grows the buffers for n_new tokens against n_ctx cached positions, and
+  /// for one-token steps up to `capacity` positions, so that later steps
+  /// never grow them. May throw std::bad_alloc; the buffers stay valid.
   void reserve(const AttentionConfig& c, Eigen::Index n_new, Eigen::Index n_ctx,
                Eigen::Index capacity) {
-    Vector<T> nqkv, nheads;
-    const Eigen::Index qkv_size = n_new * (c.q_dim() + 2 * c.kv_dim());
-    if (qkv_.size() < qkv_size) nqkv.resize(qkv_size);
-    if (heads_.size() < n_new * c.q_dim()) nheads.resize(n_new * c.q_dim());
-    // A decode step against the full capacity needs group_size*capacity scores:
-    // reserve that at once so later steps never grow the buffer.
-    ops::AttentionScratch<T> scratch_copy;
-    const bool grow = attention_.scores.size() < std::min(n_new, ops::AttentionScratch<T>::tile_tokens) *
-                                                     c.group_size() * n_ctx ||
-                      attention_.scores.size() < c.group_size() * capacity ||
-                      attention_.q.size() < std::min(n_new, ops::AttentionScratch<T>::tile_tokens) *
-                                                c.group_size() * c.head_dim;
-    if (grow) {
-      scratch_copy.reserve(1, capacity, c.group_size(), c.head_dim);
-      scratch_copy.reserve(n_new, n_ctx, c.group_size(), c.head_dim);
-    }
-    // Nothing below allocates.
-    if (nqkv.size() != 0) qkv_.swap(nqkv);
-    if (nheads.size() != 0) heads_.swap(nheads);
-    if (grow) {
-      // Keep whichever buffer is larger.
-      if (scratch_copy.q.size() > attention_.q.size()) attention_.q.swap(scratch_copy.q);
-      if (scratch_copy.scores.size() > attention_.scores.size())
-        attention_.scores.swap(scratch_copy.scores);
-      if (scratch_copy.out.size() > attention_.out.size()) attention_.out.swap(scratch_copy.out);
-    }
+    detail::grow(qkv_, n_new * (c.q_dim() + 2 * c.kv_dim()));
+    detail::grow(heads_, n_new * c.q_dim());
+    attention_.reserve(1, capacity, c.group_size(), c.head_dim);
+    attention_.reserve(n_new, n_ctx, c.group_size(), c.head_dim);
   }
 
  private:

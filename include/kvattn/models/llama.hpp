@@ -15,6 +15,7 @@
 
 #include <kvattn/cache/kv_cache.hpp>
 #include <kvattn/config.hpp>
+#include <kvattn/detail/scratch.hpp>
 #include <kvattn/error.hpp>
 #include <kvattn/layers/multi_head_attention.hpp>
 #include <kvattn/ops/linear.hpp>
@@ -251,11 +252,11 @@ class Llama {
     state.caches_.front().check_room(fn, n);
     const Eigen::Index pos = state.pos();
 
-    x_.resize(n, config_.dim);            // residual stream
-    xb_.resize(n, config_.dim);           // normed input of a sublayer
-    attn_.resize(n, config_.dim);         // attention output
-    h1_.resize(n, config_.hidden_dim);    // gate
-    h3_.resize(n, config_.hidden_dim);    // up
+    detail::reshape_scratch(x_, n, config_.dim);           // residual stream
+    detail::reshape_scratch(xb_, n, config_.dim);          // normed input of a sublayer
+    detail::reshape_scratch(attn_, n, config_.dim);        // attention output
+    detail::reshape_scratch(h1_, n, config_.hidden_dim);   // gate
+    detail::reshape_scratch(h3_, n, config_.hidden_dim);   // up
     const T eps = static_cast<T>(config_.norm_eps);
     for (Eigen::Index i = 0; i < n; ++i) x_.row(i) = embedding_.row(tokens[size_t(i)]);
     try {

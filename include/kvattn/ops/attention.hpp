@@ -17,6 +17,7 @@
 /// Kernels do not own memory and do not check shapes beyond eigen_assert; the
 /// layer checks shapes before calling them.
 
+#include <kvattn/detail/scratch.hpp>
 #include <kvattn/ops/softmax.hpp>
 #include <kvattn/types.hpp>
 
@@ -93,18 +94,13 @@ struct AttentionScratch {
   static constexpr Eigen::Index tile_tokens = 32;
 
   /// Grows the buffers so attend_causal can run n_new tokens against n_ctx
-  /// positions with the given group size. May throw std::bad_alloc, before any
-  /// buffer is changed.
+  /// positions with the given group size. May throw std::bad_alloc; the
+  /// buffers stay valid (their contents are scratch).
   void reserve(Eigen::Index n_new, Eigen::Index n_ctx, Eigen::Index group, Eigen::Index head_dim) {
     const Eigen::Index rows = std::min(n_new, tile_tokens) * group;
-    Vector<T> nq, ns, no;
-    if (q.size() < rows * head_dim) nq.resize(rows * head_dim);
-    if (scores.size() < rows * n_ctx) ns.resize(rows * n_ctx);
-    if (out.size() < rows * head_dim) no.resize(rows * head_dim);
-    // No allocation below: swapping cannot fail.
-    if (nq.size() != 0) q.swap(nq);
-    if (ns.size() != 0) scores.swap(ns);
-    if (no.size() != 0) out.swap(no);
+    detail::grow(q, rows * head_dim);
+    detail::grow(scores, rows * n_ctx);
+    detail::grow(out, rows * head_dim);
   }
 };
 
