@@ -228,7 +228,7 @@ void BM_Attention(benchmark::State& state) {
   const RowMatrix<float> q = random(1, f.c.q_dim(), 1.0f, 7);
   RowMatrix<float> out(1, f.c.q_dim());
   kvattn::ops::AttentionScratch<float> scratch;
-  scratch.reserve(1, ctx, f.c.group_size(), f.c.head_dim);
+  scratch.reserve_decode(ctx, f.c.n_kv_heads, f.c.group_size(), f.c.head_dim);
   const Stopwatch watch;
   for (auto _ : state) {
     kvattn::ops::attend_causal<float>(q, *f.cache, ctx - 1, f.c.n_heads, float(f.c.scale()), out,

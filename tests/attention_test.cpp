@@ -1,8 +1,14 @@
 #include <kvattn/cache/kv_cache.hpp>
+#include <kvattn/layers/multi_head_attention.hpp>
 #include <kvattn/layers/projection.hpp>
 #include <kvattn/ops/attention.hpp>
 
 #include "test_util.hpp"
+
+#include <cstring>
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
 
 using kvattn::AttentionConfig;
 
@@ -30,21 +36,26 @@ static kvattn::RowMatrix<double> plain_attention(const kvattn::RowMatrix<double>
   return out;
 }
 
-TYPED_TEST(AttentionKernels, DecodeGroupMatchesPlainLoops) {
+// The decode step (split into chunks of kDecodeChunk positions, merged with
+// the log-sum-exp rule) against plain loops; n_ctx crosses chunk boundaries.
+TYPED_TEST(AttentionKernels, DecodeMatchesPlainLoops) {
   using T = TypeParam;
   std::mt19937 rng(5);
   for (Eigen::Index group : {1, 2, 3, 4, 6, 8}) {
     for (Eigen::Index head_dim : {1, 5, 12, 64, 128}) {
-      for (Eigen::Index n_ctx : {1, 2, 7, 300, 1100}) {
+      for (Eigen::Index n_ctx : {1, 2, 7, 256, 257, 1100}) {
         const auto q = test::random_matrix<double>(group, head_dim, rng, 2.0);
         const auto k = test::random_matrix<double>(n_ctx, head_dim, rng, 2.0);
         const auto v = test::random_matrix<double>(n_ctx, head_dim, rng);
         const kvattn::RowMatrix<T> qt = q.cast<T>(), kt = k.cast<T>(), vt = v.cast<T>();
+        // One KV head holding k and v; the group's query heads read it.
+        kvattn::KVCache<T> cache(1, head_dim, n_ctx);
+        cache.append(kt, vt);
+        kvattn::ops::AttentionScratch<T> scratch;
+        scratch.reserve_decode(n_ctx, 1, group, head_dim);
         kvattn::RowMatrix<T> out(group, head_dim);
-        std::vector<T> scores(static_cast<size_t>(group * n_ctx));
         const double scale = 1.0 / std::sqrt(double(head_dim));
-        kvattn::ops::attend_decode_group<T>(qt.data(), group, head_dim, kt.data(), vt.data(), n_ctx,
-                                            T(scale), scores.data(), out.data());
+        kvattn::ops::attend_decode<T>(qt.data(), cache, n_ctx, group, T(scale), out.data(), scratch);
         EXPECT_TRUE(test::close(out, plain_attention(q, k, v, scale), test::tolerance<T>()))
             << "group " << group << " head_dim " << head_dim << " n_ctx " << n_ctx;
       }
@@ -64,7 +75,8 @@ TYPED_TEST(AttentionKernels, CausalBatchEqualsDecodeAtEachPosition) {
   const kvattn::RowMatrix<T> q = test::random_matrix<T>(n_new, n_heads * hd, rng, 3.0);
   const T scale = T(0.3);
   kvattn::ops::AttentionScratch<T> scratch;
-  scratch.reserve(n_new, first + n_new, n_heads / n_kv, hd);
+  scratch.reserve_prefill(n_new, first + n_new, n_heads / n_kv, hd, false);
+  scratch.reserve_decode(first + n_new, n_kv, n_heads / n_kv, hd);
   kvattn::RowMatrix<T> batch(n_new, n_heads * hd);
   kvattn::ops::attend_causal<T>(q, cache, first, n_heads, scale, batch, scratch);
   for (Eigen::Index i = 0; i < n_new; ++i) {
@@ -105,3 +117,44 @@ TYPED_TEST(AttentionKernels, SharedQueryKeyMatrixMakesScoresSymmetric) {
   EXPECT_EQ(s, expected);
   EXPECT_NE(s, s.transpose());
 }
+
+#if defined(_OPENMP)
+// Chunk boundaries and the merge order do not depend on the thread count, so
+// one and two threads give bitwise the same decode step (and layer step).
+TEST(AttentionThreads, DecodeIsBitwiseIdenticalWithOneAndTwoThreads) {
+  std::mt19937 rng(21);
+  const Eigen::Index n_heads = 16, n_kv = 4, hd = 64, n_ctx = 3000;  // 6 MB: runs threaded
+  kvattn::KVCache<float> cache(n_kv, hd, n_ctx);
+  cache.append(test::random_matrix<float>(n_ctx, n_kv * hd, rng),
+               test::random_matrix<float>(n_ctx, n_kv * hd, rng));
+  const kvattn::RowMatrix<float> q = test::random_matrix<float>(1, n_heads * hd, rng, 3.0);
+  kvattn::ops::AttentionScratch<float> scratch;
+  const int before = omp_get_max_threads();
+  kvattn::RowMatrix<float> out1(1, n_heads * hd), out2(1, n_heads * hd);
+  omp_set_num_threads(2);
+  scratch.reserve_decode(n_ctx, n_kv, n_heads / n_kv, hd);
+  kvattn::ops::attend_decode<float>(q.data(), cache, n_ctx, n_heads, 0.125f, out2.data(), scratch);
+  omp_set_num_threads(1);
+  kvattn::ops::attend_decode<float>(q.data(), cache, n_ctx, n_heads, 0.125f, out1.data(), scratch);
+
+  const kvattn::AttentionConfig c{512, 16, 4, 64, kvattn::RopeStyle::Interleaved};
+  const kvattn::MultiHeadAttention<float> layer(c, test::random_weights<float>(c, rng));
+  const kvattn::Vector<float> x = test::random_vector<float>(512, rng);
+  kvattn::Vector<float> y1(512), y2(512);
+  kvattn::AttentionWorkspace<float> ws;
+  kvattn::KVCache<float> c1 = layer.make_cache(n_ctx + 1), c2 = layer.make_cache(n_ctx + 1);
+  const kvattn::RowMatrix<float> k = test::random_matrix<float>(n_ctx, 4 * 64, rng);
+  const kvattn::RowMatrix<float> v = test::random_matrix<float>(n_ctx, 4 * 64, rng);
+  c1.append(k, v);
+  c2.append(k, v);
+  omp_set_num_threads(1);
+  layer.step(x, c1, y1, ws);
+  omp_set_num_threads(2);
+  layer.step(x, c2, y2, ws);
+  omp_set_num_threads(before);
+
+  EXPECT_EQ(std::memcmp(out1.data(), out2.data(), sizeof(float) * size_t(out1.size())), 0);
+  EXPECT_EQ(std::memcmp(y1.data(), y2.data(), sizeof(float) * size_t(y1.size())), 0);
+  EXPECT_TRUE(out1.allFinite());
+}
+#endif

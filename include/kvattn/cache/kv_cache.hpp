@@ -10,22 +10,30 @@
 ///
 /// so a decode step streams each head's first size() rows front to back. The
 /// whole capacity is allocated once, at construction; append never allocates.
+///
+/// T is the compute type (what append takes and attention computes in);
+/// Storage is what the cache keeps (see cache/storage.hpp): T itself, or
+/// Eigen::bfloat16 / Eigen::half / std::int8_t to read fewer bytes per step.
 
+#include <kvattn/cache/storage.hpp>
 #include <kvattn/error.hpp>
 #include <kvattn/types.hpp>
 
 #include <limits>
+#include <type_traits>
 #include <stdexcept>
 #include <utility>
 
 namespace kvattn {
 
-template <class T>
+template <class T, class Storage = T>
 class KVCache {
  public:
   using Scalar = T;
-  /// Read-only view of one KV head: [size() x head_dim], row-major, contiguous.
-  using View = Eigen::Map<const RowMatrix<T>>;
+  using StorageType = Storage;
+  static constexpr bool is_quantized = StorageTraits<Storage>::is_quantized;
+  /// Read-only view of one KV head as stored: [size() x head_dim], row-major, contiguous.
+  using View = Eigen::Map<const RowMatrix<Storage>>;
 
   /// Allocates capacity tokens for n_kv_heads heads of head_dim features, zeroed.
   /// Throws std::invalid_argument if a size is not positive and
@@ -37,13 +45,17 @@ class KVCache {
     detail::check_arg(head_dim > 0, fn, "head_dim", head_dim, "> 0");
     detail::check_arg(capacity > 0, fn, "capacity", capacity, "> 0");
     const Eigen::Index limit =
-        std::numeric_limits<Eigen::Index>::max() / static_cast<Eigen::Index>(sizeof(T));
+        std::numeric_limits<Eigen::Index>::max() / static_cast<Eigen::Index>(sizeof(T) + sizeof(Storage));
     if (n_kv_heads > limit / head_dim || n_kv_heads * head_dim > limit / capacity) {
       throw std::length_error(detail::concat(fn, ": n_kv_heads*head_dim*capacity = ", n_kv_heads,
                                              "*", head_dim, "*", capacity, " is too large"));
     }
     k_.setZero(n_kv_heads * capacity * head_dim);
     v_.setZero(n_kv_heads * capacity * head_dim);
+    if (is_quantized) {
+      k_scale_.setZero(n_kv_heads * capacity);
+      v_scale_.setZero(n_kv_heads * capacity);
+    }
   }
 
   KVCache(KVCache&& other) noexcept { swap(other); }
@@ -64,6 +76,8 @@ class KVCache {
     c.size_ = size_;
     c.k_ = k_;
     c.v_ = v_;
+    c.k_scale_ = k_scale_;
+    c.v_scale_ = v_scale_;
     return c;
   }
 
@@ -74,6 +88,8 @@ class KVCache {
     std::swap(size_, other.size_);
     k_.swap(other.k_);
     v_.swap(other.v_);
+    k_scale_.swap(other.k_scale_);
+    v_scale_.swap(other.v_scale_);
   }
 
   Eigen::Index size() const { return size_; }          ///< tokens cached
@@ -82,6 +98,10 @@ class KVCache {
   Eigen::Index n_kv_heads() const { return n_kv_heads_; }
   Eigen::Index head_dim() const { return head_dim_; }
   Eigen::Index kv_dim() const { return n_kv_heads_ * head_dim_; }  ///< width of a k or v row
+  /// Bytes stored per cached token (keys, values and int8 scales of every head).
+  Eigen::Index bytes_per_token() const {
+    return 2 * n_kv_heads_ * (head_dim_ * Eigen::Index(sizeof(Storage)) + (is_quantized ? Eigen::Index(sizeof(T)) : 0));
+  }
 
   /// Appends n tokens. k, v: [n x n_kv_heads*head_dim], token per row, heads
   /// side by side (head h at columns [h*head_dim, (h+1)*head_dim)).
@@ -98,8 +118,13 @@ class KVCache {
     check_room(fn, k.rows());
     const Eigen::Index n = k.rows();
     for (Eigen::Index h = 0; h < n_kv_heads_; ++h) {
-      block(k_, h).middleRows(size_, n) = k.middleCols(h * head_dim_, head_dim_);
-      block(v_, h).middleRows(size_, n) = v.middleCols(h * head_dim_, head_dim_);
+      for (Eigen::Index i = 0; i < n; ++i) {
+        const Eigen::Index row = h * capacity_ + size_ + i;  // token size_+i of head h
+        detail::encode_row<T, Storage>(k.data() + i * k.outerStride() + h * head_dim_, head_dim_, k_.data() + row * head_dim_,
+                                       is_quantized ? k_scale_.data() + row : nullptr);
+        detail::encode_row<T, Storage>(v.data() + i * v.outerStride() + h * head_dim_, head_dim_, v_.data() + row * head_dim_,
+                                       is_quantized ? v_scale_.data() + row : nullptr);
+      }
     }
     size_ += n;
   }
@@ -109,6 +134,24 @@ class KVCache {
   View keys(Eigen::Index h) const { return view(k_, h, "KVCache::keys"); }
   /// Values of KV head h: [size() x head_dim].
   View values(Eigen::Index h) const { return view(v_, h, "KVCache::values"); }
+
+  /// int8 storage only: the scale of each cached key row of head h, [size()];
+  /// key j reads back as keys(h).row(j) * key_scales(h)(j).
+  Eigen::Map<const Vector<T>> key_scales(Eigen::Index h) const { return scales(k_scale_, h, "KVCache::key_scales"); }
+  /// int8 storage only: the scale of each cached value row of head h, [size()].
+  Eigen::Map<const Vector<T>> value_scales(Eigen::Index h) const { return scales(v_scale_, h, "KVCache::value_scales"); }
+
+  /// Rows [first, first+n) of head h's keys in the compute type, row-major
+  /// [n x head_dim]: a pointer into the cache when Storage is T, else the rows
+  /// decoded into buf (n*head_dim elements). For kernels: checks with
+  /// eigen_assert only.
+  const T* key_rows(Eigen::Index h, Eigen::Index first, Eigen::Index n, T* buf) const {
+    return rows(k_, k_scale_, h, first, n, buf);
+  }
+  /// The same for values.
+  const T* value_rows(Eigen::Index h, Eigen::Index first, Eigen::Index n, T* buf) const {
+    return rows(v_, v_scale_, h, first, n, buf);
+  }
 
   /// Keeps the first n tokens (0 <= n <= size()), dropping the rest, as
   /// speculative decoding and editing need. Throws std::invalid_argument
@@ -135,23 +178,46 @@ class KVCache {
  private:
   KVCache() = default;
 
-  Eigen::Map<RowMatrix<T>> block(Vector<T>& data, Eigen::Index h) {
-    return Eigen::Map<RowMatrix<T>>(data.data() + h * capacity_ * head_dim_, capacity_, head_dim_);
-  }
-  View view(const Vector<T>& data, Eigen::Index h, const char* fn) const {
+  using Data = Eigen::Matrix<Storage, Eigen::Dynamic, 1>;
+
+  void check_head(Eigen::Index h, const char* fn) const {
     if (h < 0 || h >= n_kv_heads_) {
       throw std::out_of_range(
           detail::concat(fn, ": h = ", h, ", expected 0 <= h < n_kv_heads = ", n_kv_heads_));
     }
+  }
+  View view(const Data& data, Eigen::Index h, const char* fn) const {
+    check_head(h, fn);
     return View(data.data() + h * capacity_ * head_dim_, size_, head_dim_);
+  }
+  Eigen::Map<const Vector<T>> scales(const Vector<T>& s, Eigen::Index h, const char* fn) const {
+    check_head(h, fn);
+    if (!is_quantized) throw std::logic_error(detail::concat(fn, ": only int8 storage has scales"));
+    return Eigen::Map<const Vector<T>>(s.data() + h * capacity_, size_);
+  }
+  const T* rows(const Data& data, const Vector<T>& s, Eigen::Index h, Eigen::Index first,
+                Eigen::Index n, T* buf) const {
+    eigen_assert(h >= 0 && h < n_kv_heads_ && first >= 0 && first + n <= size_);
+    const Storage* src = data.data() + (h * capacity_ + first) * head_dim_;
+    if constexpr (std::is_same<Storage, T>::value) {
+      (void)s;
+      (void)buf;
+      return src;
+    } else {
+      detail::decode_rows<T, Storage>(src, is_quantized ? s.data() + h * capacity_ + first : nullptr,
+                                      n, head_dim_, buf);
+      return buf;
+    }
   }
 
   Eigen::Index n_kv_heads_ = 0;
   Eigen::Index head_dim_ = 0;
   Eigen::Index capacity_ = 0;
   Eigen::Index size_ = 0;
-  Vector<T> k_;  // [n_kv_heads][capacity][head_dim]
-  Vector<T> v_;  // [n_kv_heads][capacity][head_dim]
+  Data k_;             // [n_kv_heads][capacity][head_dim]
+  Data v_;             // [n_kv_heads][capacity][head_dim]
+  Vector<T> k_scale_;  // int8 only: [n_kv_heads][capacity]
+  Vector<T> v_scale_;  // int8 only: [n_kv_heads][capacity]
 };
 
 }  // namespace kvattn

@@ -21,6 +21,7 @@
 #include <kvattn/ops/rope.hpp>
 #include <kvattn/types.hpp>
 
+#include <type_traits>
 #include <utility>
 
 namespace kvattn {
@@ -41,15 +42,16 @@ struct AttentionWeights {
 template <class T>
 class AttentionWorkspace {
  public:
-  /// Grows the buffers for n_new tokens against n_ctx cached positions, and
-  /// for one-token steps up to `capacity` positions, so that later steps
-  /// never grow them. May throw std::bad_alloc; the buffers stay valid.
+  /// Grows the buffers for n_new tokens against n_ctx cached positions of a
+  /// cache of `capacity` (so that later decode steps never grow them);
+  /// `decoded`: the cache stores another type than T. May throw
+  /// std::bad_alloc; the buffers stay valid (their contents are scratch).
   void reserve(const AttentionConfig& c, Eigen::Index n_new, Eigen::Index n_ctx,
-               Eigen::Index capacity) {
+               Eigen::Index capacity, bool decoded) {
     detail::grow(qkv_, n_new * (c.q_dim() + 2 * c.kv_dim()));
     detail::grow(heads_, n_new * c.q_dim());
-    attention_.reserve(1, capacity, c.group_size(), c.head_dim);
-    attention_.reserve(n_new, n_ctx, c.group_size(), c.head_dim);
+    attention_.reserve_decode(capacity, c.n_kv_heads, c.group_size(), c.head_dim);
+    if (n_new > 1) attention_.reserve_prefill(n_new, n_ctx, c.group_size(), c.head_dim, decoded);
   }
 
  private:
@@ -64,7 +66,6 @@ template <class T>
 class MultiHeadAttention {
  public:
   using Scalar = T;
-  using Cache = KVCache<T>;
 
   /// Validates config and weight shapes (std::invalid_argument naming the
   /// weight, the expected and the actual shape).
@@ -79,9 +80,10 @@ class MultiHeadAttention {
   const Linear<T>& output() const { return wo_; }
   const RotaryEmbedding<T>& rope() const { return rope_; }
 
-  /// A cache of the shape this layer needs.
-  Cache make_cache(Eigen::Index capacity) const {
-    return Cache(config_.n_kv_heads, config_.head_dim, capacity);
+  /// A cache of the shape this layer needs, storing Storage (see cache/storage.hpp).
+  template <class Storage = T>
+  KVCache<T, Storage> make_cache(Eigen::Index capacity) const {
+    return KVCache<T, Storage>(config_.n_kv_heads, config_.head_dim, capacity);
   }
 
   /// Runs n_new tokens (x: [n_new x d_model]) at positions cache.size() ...
@@ -89,7 +91,8 @@ class MultiHeadAttention {
   /// [n_new x d_model]. Token i attends every cached position up to its own.
   /// Throws std::invalid_argument (shapes) or std::length_error (capacity);
   /// a call that throws leaves the cache as it was.
-  RowMatrix<T> forward(const Eigen::Ref<const RowMatrix<T>>& x, Cache& cache) {
+  template <class Storage>
+  RowMatrix<T> forward(const Eigen::Ref<const RowMatrix<T>>& x, KVCache<T, Storage>& cache) {
     check(kForward, x.rows(), x.cols(), "columns", cache);
     RowMatrix<T> y(x.rows(), config_.d_model);
     run(x, cache, y, workspace_);
@@ -97,7 +100,8 @@ class MultiHeadAttention {
   }
 
   /// One token: x [d_model] -> [d_model]; same contract as forward.
-  Vector<T> step(const Eigen::Ref<const Vector<T>>& x, Cache& cache) {
+  template <class Storage>
+  Vector<T> step(const Eigen::Ref<const Vector<T>>& x, KVCache<T, Storage>& cache) {
     check(kStep, 1, x.size(), "elements", cache);
     Vector<T> y(config_.d_model);
     run(Eigen::Map<const RowMatrix<T>>(x.data(), 1, x.size()), cache,
@@ -108,7 +112,8 @@ class MultiHeadAttention {
   /// forward into existing storage y [n_new x d_model], with caller-owned
   /// scratch: const, so one layer can serve several threads, each with its own
   /// cache and workspace.
-  void forward(const Eigen::Ref<const RowMatrix<T>>& x, Cache& cache, Eigen::Ref<RowMatrix<T>> y,
+  template <class Storage>
+  void forward(const Eigen::Ref<const RowMatrix<T>>& x, KVCache<T, Storage>& cache, Eigen::Ref<RowMatrix<T>> y,
                AttentionWorkspace<T>& workspace) const {
     check(kForward, x.rows(), x.cols(), "columns", cache);
     detail::check_shape(kForward, "y", y.rows(), y.cols(), "[x.rows() x d_model]", x.rows(),
@@ -118,7 +123,8 @@ class MultiHeadAttention {
 
   /// step into existing storage y [d_model]; allocates nothing once the
   /// workspace has seen a step for this cache's capacity.
-  void step(const Eigen::Ref<const Vector<T>>& x, Cache& cache, Eigen::Ref<Vector<T>> y,
+  template <class Storage>
+  void step(const Eigen::Ref<const Vector<T>>& x, KVCache<T, Storage>& cache, Eigen::Ref<Vector<T>> y,
             AttentionWorkspace<T>& workspace) const {
     check(kStep, 1, x.size(), "elements", cache);
     detail::check_size(kStep, "y", y.size(), "d_model", config_.d_model);
@@ -140,6 +146,7 @@ class MultiHeadAttention {
     return wo;
   }
 
+  template <class Cache>
   void check(const char* fn, Eigen::Index n_new, Eigen::Index width, const char* unit,
              const Cache& cache) const {
     if (width != config_.d_model) {
@@ -155,14 +162,16 @@ class MultiHeadAttention {
   }
 
   // Shapes are checked; the cache has room for x.rows() more tokens.
-  void run(const Eigen::Ref<const RowMatrix<T>>& x, Cache& cache, Eigen::Ref<RowMatrix<T>> y,
-           AttentionWorkspace<T>& ws) const {
+  template <class Storage>
+  void run(const Eigen::Ref<const RowMatrix<T>>& x, KVCache<T, Storage>& cache,
+           Eigen::Ref<RowMatrix<T>> y, AttentionWorkspace<T>& ws) const {
     const Eigen::Index n_new = x.rows();
     if (n_new == 0) return;
     const Eigen::Index pos = cache.size();
     const Eigen::Index q_dim = config_.q_dim();
     const Eigen::Index kv_dim = config_.kv_dim();
-    ws.reserve(config_, n_new, pos + n_new, cache.capacity());  // may throw; nothing changed yet
+    ws.reserve(config_, n_new, pos + n_new, cache.capacity(),
+               !std::is_same<Storage, T>::value);  // may throw; nothing changed yet
 
     Eigen::Map<RowMatrix<T>> qkv(ws.qkv_.data(), n_new, qkv_.out_dim());  // q | k | v per token
     Eigen::Map<RowMatrix<T>> heads(ws.heads_.data(), n_new, q_dim);

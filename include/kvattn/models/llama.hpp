@@ -84,9 +84,9 @@ struct LlamaWeights {
   RowMatrix<T> classifier;  ///< [vocab_size x dim], or empty to share token_embedding
 };
 
-/// The sequence state of one conversation: a KV cache per layer. Move-only;
-/// copy() makes a deep copy.
-template <class T>
+/// The sequence state of one conversation: a KV cache per layer, storing
+/// Storage (see cache/storage.hpp). Move-only; copy() makes a deep copy.
+template <class T, class Storage = T>
 class LlamaState {
  public:
   LlamaState(LlamaState&&) noexcept = default;
@@ -97,7 +97,7 @@ class LlamaState {
   /// Tokens processed so far: the position the next token gets.
   Eigen::Index pos() const { return caches_.front().size(); }
   Eigen::Index capacity() const { return caches_.front().capacity(); }
-  const KVCache<T>& cache(Eigen::Index layer) const { return caches_.at(size_t(layer)); }
+  const KVCache<T, Storage>& cache(Eigen::Index layer) const { return caches_.at(size_t(layer)); }
 
   /// Rolls back to the first n tokens in every layer.
   void truncate(Eigen::Index n) {
@@ -105,14 +105,14 @@ class LlamaState {
       throw std::invalid_argument(
           detail::concat("LlamaState::truncate: n = ", n, ", expected 0 <= n <= pos() = ", pos()));
     }
-    for (KVCache<T>& c : caches_) c.truncate(n);
+    for (KVCache<T, Storage>& c : caches_) c.truncate(n);
   }
   void clear() noexcept {
-    for (KVCache<T>& c : caches_) c.clear();
+    for (KVCache<T, Storage>& c : caches_) c.clear();
   }
   LlamaState copy() const {
     LlamaState s;
-    for (const KVCache<T>& c : caches_) s.caches_.push_back(c.copy());
+    for (const KVCache<T, Storage>& c : caches_) s.caches_.push_back(c.copy());
     return s;
   }
 
@@ -120,7 +120,7 @@ class LlamaState {
   template <class>
   friend class Llama;
   LlamaState() = default;
-  std::vector<KVCache<T>> caches_;  // [n_layers]
+  std::vector<KVCache<T, Storage>> caches_;  // [n_layers]
 };
 
 template <class T>
@@ -151,18 +151,21 @@ class Llama {
   /// True when the classifier is the token embedding (no second copy is kept).
   bool shares_classifier() const { return classifier_.size() == 0; }
 
-  /// A fresh state holding up to capacity tokens (default: seq_len).
-  LlamaState<T> make_state(Eigen::Index capacity = 0) const {
+  /// A fresh state holding up to capacity tokens (default: seq_len), its
+  /// caches storing Storage.
+  template <class Storage = T>
+  LlamaState<T, Storage> make_state(Eigen::Index capacity = 0) const {
     const Eigen::Index cap = capacity > 0 ? capacity : config_.seq_len;
-    LlamaState<T> s;
+    LlamaState<T, Storage> s;
     s.caches_.reserve(size_t(config_.n_layers));
-    for (const Layer& l : layers_) s.caches_.push_back(l.attention.make_cache(cap));
+    for (const Layer& l : layers_) s.caches_.push_back(l.attention.template make_cache<Storage>(cap));
     return s;
   }
 
   /// Runs tokens at positions state.pos() ... and returns the logits after
   /// every one of them: [tokens.size() x vocab_size].
-  RowMatrix<T> forward(const std::vector<int>& tokens, LlamaState<T>& state) {
+  template <class Storage>
+  RowMatrix<T> forward(const std::vector<int>& tokens, LlamaState<T, Storage>& state) {
     run(tokens, state, "Llama::forward");
     RowMatrix<T> logits(x_.rows(), config_.vocab_size);
     ops::linear_batch<T>(classifier(), Vector<T>(), x_, logits);
@@ -171,14 +174,16 @@ class Llama {
 
   /// Runs a prompt in one batched pass (each layer sees all its tokens at
   /// once) and returns the logits after the last token: [vocab_size].
-  Vector<T> prefill(const std::vector<int>& tokens, LlamaState<T>& state) {
+  template <class Storage>
+  Vector<T> prefill(const std::vector<int>& tokens, LlamaState<T, Storage>& state) {
     detail::check_arg(!tokens.empty(), "Llama::prefill", "tokens.size()", 0, "> 0");
     run(tokens, state, "Llama::prefill");
     return last_logits();
   }
 
   /// One token at position state.pos(); returns the logits: [vocab_size].
-  Vector<T> step(int token, LlamaState<T>& state) {
+  template <class Storage>
+  Vector<T> step(int token, LlamaState<T, Storage>& state) {
     const std::vector<int>& one = (single_[0] = token, single_);
     run(one, state, "Llama::step");
     return last_logits();
@@ -235,7 +240,8 @@ class Llama {
   // Runs the tokens through every layer; leaves the final-normed hidden
   // states in x_ [n x dim]. Checks everything first; if anything throws
   // later, every cache is rolled back, so the state is as before.
-  void run(const std::vector<int>& tokens, LlamaState<T>& state, const char* fn) {
+  template <class Storage>
+  void run(const std::vector<int>& tokens, LlamaState<T, Storage>& state, const char* fn) {
     const Eigen::Index n = Eigen::Index(tokens.size());
     for (size_t i = 0; i < tokens.size(); ++i) {
       if (tokens[i] < 0 || tokens[i] >= config_.vocab_size) {
@@ -273,7 +279,7 @@ class Llama {
       }
       ops::rmsnorm_rows<T>(x_, final_norm_, eps, x_);
     } catch (...) {
-      for (KVCache<T>& c : state.caches_) {
+      for (KVCache<T, Storage>& c : state.caches_) {
         if (c.size() > pos) c.truncate(pos);
       }
       throw;

@@ -14,16 +14,45 @@
 /// are contiguous in q and are processed together, so each cached key and value
 /// row is read once per step rather than once per query head.
 ///
-/// Kernels do not own memory and do not check shapes beyond eigen_assert; the
-/// layer checks shapes before calling them.
+/// A Cache provides n_kv_heads(), head_dim(), size(), and key_rows(h, first,
+/// n, buf) / value_rows(...) returning rows in the compute type (KVCache does,
+/// for every storage type). Kernels do not own memory and check shapes with
+/// eigen_assert only; the layer checks them before calling.
 
 #include <kvattn/detail/scratch.hpp>
 #include <kvattn/ops/softmax.hpp>
 #include <kvattn/types.hpp>
 
 #include <algorithm>
+#include <cmath>
 
-namespace kvattn::ops {
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+namespace kvattn {
+namespace detail {
+
+/// Threads an OpenMP parallel region may use (1 without OpenMP).
+inline int max_threads() {
+#if defined(_OPENMP)
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+inline int thread_index() {
+#if defined(_OPENMP)
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+}  // namespace detail
+
+namespace ops {
 
 /// S = scale * Q K^T.
 ///   Q: [n_q x head_dim], K: [n_k x head_dim], S: [n_q x n_k].
@@ -35,83 +64,174 @@ void attention_scores(const Eigen::Ref<const RowMatrix<T>>& q,
   s.noalias() = scale * (q * k.transpose());
 }
 
-/// One decode step for one KV head and the group of query heads that read it.
-///   q:      [group x head_dim]   the group's query heads, contiguous
-///   k, v:   [n_ctx x head_dim]   cached keys and values, contiguous rows; n_ctx >= 1
-///   scores: [group x n_ctx]      scratch
-///   out:    [group x head_dim]   out_r = sum_j softmax_j(scale * q_r . k_j) v_j
-/// Reads each key and value row once; allocates nothing.
+/// Cached positions per split-KV chunk of a decode step. Fixed, not derived
+/// from the thread count, so the result is the same with any number of threads.
+inline constexpr Eigen::Index kDecodeChunk = 256;
+
+/// Partial attention of a group of query heads over one chunk of keys and
+/// values, in softmax-merge form:
+///   m_r   = max_j s_rj,   s_rj = scale * q_r . k_j
+///   l_r   = sum_j exp(s_rj - m_r)
+///   acc_r = sum_j exp(s_rj - m_r) v_j
+///   q:      [group x head_dim]      k, v: [n x head_dim] (contiguous rows, n >= 1)
+///   scores: [group x n] scratch     acc: [group x head_dim]; m, l: [group]
+/// Each key and value row is loaded once and used by every query of the group.
 template <class T>
-void attend_decode_group(const T* q, Eigen::Index group, Eigen::Index head_dim, const T* k,
-                         const T* v, Eigen::Index n_ctx, T scale, T* scores, T* out) {
-  eigen_assert(group >= 1 && head_dim >= 1 && n_ctx >= 1);
+void attend_chunk(const T* q, Eigen::Index group, Eigen::Index head_dim, const T* k, const T* v,
+                  Eigen::Index n, T scale, T* scores, T* acc, T* m, T* l) {
+  eigen_assert(group >= 1 && head_dim >= 1 && n >= 1);
   using ConstRows = Eigen::Map<const RowMatrix<T>>;
   using ConstRow = Eigen::Map<const RowVector<T>>;
-  const ConstRows Q(q, group, head_dim);
-  const ConstRows K(k, n_ctx, head_dim);
-  const ConstRows V(v, n_ctx, head_dim);
-  Eigen::Map<RowMatrix<T>> S(scores, group, n_ctx);
-  Eigen::Map<RowMatrix<T>> O(out, group, head_dim);
-
-  // When one query head, or when this head's keys fit in L2 (so reading
-  // them once per query head costs no memory traffic), each query head takes
-  // two matrix-vector products, s = K q and o = V^T p, the fastest form in
-  // cache.
-  constexpr Eigen::Index kL2Bytes = Eigen::Index(256) << 10;
-  if (group == 1 || n_ctx * head_dim * Eigen::Index(sizeof(T)) <= kL2Bytes) {
-    for (Eigen::Index r = 0; r < group; ++r) {
-      Eigen::Map<Vector<T>> s(scores + r * n_ctx, n_ctx);
-      s.noalias() = K * Q.row(r).transpose();
-      s *= scale;
-      softmax_inplace(s.data(), n_ctx);
-      O.row(r).transpose().noalias() = V.transpose() * s;
+  const ConstRows Q(q, group, head_dim), K(k, n, head_dim), V(v, n, head_dim);
+  Eigen::Map<RowMatrix<T>> S(scores, group, n), O(acc, group, head_dim);
+  if (group == 1) {
+    S.row(0).transpose().noalias() = K * Q.row(0).transpose();  // matrix-vector
+  } else {
+    for (Eigen::Index j = 0; j < n; ++j) {
+      const ConstRow kj(k + j * head_dim, head_dim);
+      for (Eigen::Index r = 0; r < group; ++r) S(r, j) = Q.row(r).dot(kj);
     }
-    return;
   }
-
-  // Scores: each key row is loaded once and dotted with every query of the group.
-  for (Eigen::Index j = 0; j < n_ctx; ++j) {
-    const ConstRow kj(k + j * head_dim, head_dim);
-    for (Eigen::Index r = 0; r < group; ++r) S(r, j) = scale * Q.row(r).dot(kj);
+  for (Eigen::Index r = 0; r < group; ++r) {
+    auto row = S.row(r).array();
+    row *= scale;
+    m[r] = row.maxCoeff();
+    row = (row - m[r]).exp();
+    l[r] = row.sum();
   }
-  for (Eigen::Index r = 0; r < group; ++r) softmax_inplace(&S(r, 0), n_ctx);
-  // Weighted sum: each value row is loaded once and added into every output of the group.
-  O.setZero();
-  for (Eigen::Index j = 0; j < n_ctx; ++j) {
-    const ConstRow vj(v + j * head_dim, head_dim);
-    for (Eigen::Index r = 0; r < group; ++r) O.row(r) += S(r, j) * vj;
+  if (group == 1) {
+    O.row(0).transpose().noalias() = V.transpose() * S.row(0).transpose();
+  } else {
+    O.setZero();
+    for (Eigen::Index j = 0; j < n; ++j) {
+      const ConstRow vj(v + j * head_dim, head_dim);
+      for (Eigen::Index r = 0; r < group; ++r) O.row(r) += S(r, j) * vj;
+    }
   }
 }
 
-/// Scratch memory of attend_causal, grown on demand and reused across calls.
+/// Scratch memory of the attention kernels, grown on demand and reused.
 template <class T>
 struct AttentionScratch {
+  // Prefill (attend_causal with more than one token), per KV head and tile:
   Vector<T> q;       // [tile_rows x head_dim]  gathered query heads of one group
   Vector<T> scores;  // [tile_rows x n_ctx]
   Vector<T> out;     // [tile_rows x head_dim]
+  Vector<T> keys, values;  // [n_ctx x head_dim] decoded rows (reduced storage only)
+  // Decode (attend_decode):
+  Vector<T> partial;  // [n_kv_heads * n_chunks][group][head_dim + 2]: acc, m, l
+  Vector<T> thread;   // [threads][group*kDecodeChunk + kDecodeChunk*head_dim]
+  int threads = 0;    // threads `thread` is sized for
 
   /// Query tokens processed together in attend_causal (bounds the score buffer).
   static constexpr Eigen::Index tile_tokens = 32;
 
-  /// Grows the buffers so attend_causal can run n_new tokens against n_ctx
-  /// positions with the given group size. May throw std::bad_alloc; the
-  /// buffers stay valid (their contents are scratch).
-  void reserve(Eigen::Index n_new, Eigen::Index n_ctx, Eigen::Index group, Eigen::Index head_dim) {
+  /// For attend_causal of n_new > 1 tokens against n_ctx positions.
+  /// `decoded`: the cache stores another type than T. May throw
+  /// std::bad_alloc; the buffers stay valid (their contents are scratch).
+  void reserve_prefill(Eigen::Index n_new, Eigen::Index n_ctx, Eigen::Index group,
+                       Eigen::Index head_dim, bool decoded) {
     const Eigen::Index rows = std::min(n_new, tile_tokens) * group;
     detail::grow(q, rows * head_dim);
     detail::grow(scores, rows * n_ctx);
     detail::grow(out, rows * head_dim);
+    if (decoded) {
+      detail::grow(keys, n_ctx * head_dim);
+      detail::grow(values, n_ctx * head_dim);
+    }
+  }
+
+  /// For attend_decode against up to max_ctx positions.
+  void reserve_decode(Eigen::Index max_ctx, Eigen::Index n_kv_heads, Eigen::Index group,
+                      Eigen::Index head_dim) {
+    const Eigen::Index chunks = (max_ctx + kDecodeChunk - 1) / kDecodeChunk;
+    const int t = std::max(1, detail::max_threads());
+    detail::grow(partial, n_kv_heads * chunks * group * (head_dim + 2));
+    detail::grow(thread, Eigen::Index(t) * per_thread(group, head_dim));
+    threads = std::max(threads, int(thread.size() / per_thread(group, head_dim)));
+  }
+
+  // scores [group x kDecodeChunk], then decoded key and value tiles [kDecodeChunk x head_dim].
+  static Eigen::Index per_thread(Eigen::Index group, Eigen::Index head_dim) {
+    return group * kDecodeChunk + 2 * kDecodeChunk * head_dim;
   }
 };
+
+/// One decode step: a single query token at position n_ctx - 1 against the
+/// first n_ctx cached positions.
+///   q:   [n_heads*head_dim]    out: [n_heads*head_dim]
+///   scratch: reserve_decode(>= n_ctx, ...) called for this cache's shape
+///
+/// Work is split into (KV head, chunk of kDecodeChunk positions) items, run
+/// in parallel with OpenMP when available; each item keeps its decoded tile
+/// and scores in L2 and yields (acc, m, l) per query head; items are merged
+/// with the log-sum-exp rule in a fixed order:
+///   M = max_c m_c,  L = sum_c l_c e^(m_c - M),  out = sum_c acc_c e^(m_c - M) / L
+/// so the result is bitwise the same for any thread count.
+template <class T, class Cache>
+void attend_decode(const T* q, const Cache& cache, Eigen::Index n_ctx, Eigen::Index n_heads,
+                   T scale, T* out, AttentionScratch<T>& scratch) {
+  const Eigen::Index hd = cache.head_dim(), n_kv = cache.n_kv_heads(), g = n_heads / n_kv;
+  const Eigen::Index chunks = (n_ctx + kDecodeChunk - 1) / kDecodeChunk;
+  const Eigen::Index items = n_kv * chunks;
+  const Eigen::Index stride = g * (hd + 2);  // one item's partial results
+  const Eigen::Index per_thread = AttentionScratch<T>::per_thread(g, hd);
+  eigen_assert(n_ctx >= 1 && n_ctx <= cache.size() && n_heads % n_kv == 0);
+  eigen_assert(scratch.partial.size() >= items * stride && scratch.threads >= 1 &&
+               scratch.thread.size() >= scratch.threads * per_thread);
+  T* partial = scratch.partial.data();
+  T* thread_buffers = scratch.thread.data();
+  // Threads pay off once the step reads more than about 1 MiB of cache.
+  const bool parallel =
+      n_ctx * hd * n_kv * 2 * Eigen::Index(sizeof(T)) >= (Eigen::Index(1) << 20) && items > 1;
+  (void)parallel;  // without OpenMP
+
+  const int threads = std::min(scratch.threads, detail::max_threads());
+  (void)threads;
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static) num_threads(threads) if (parallel)
+#endif
+  for (Eigen::Index item = 0; item < items; ++item) {
+    const Eigen::Index h = item / chunks, c = item % chunks;
+    const Eigen::Index first = c * kDecodeChunk, n = std::min(kDecodeChunk, n_ctx - first);
+    T* buf = thread_buffers + detail::thread_index() * per_thread;
+    T* scores = buf;                               // [g x n]
+    T* k_tile = buf + g * kDecodeChunk;            // [n x hd], reduced storage only
+    T* v_tile = k_tile + kDecodeChunk * hd;        // [n x hd], reduced storage only
+    T* acc = partial + item * stride;              // [g x hd], then m [g], then l [g]
+    attend_chunk<T>(q + h * g * hd, g, hd, cache.key_rows(h, first, n, k_tile),
+                    cache.value_rows(h, first, n, v_tile), n, scale, scores, acc, acc + g * hd,
+                    acc + g * hd + g);
+  }
+
+  // Merge the chunks of each (KV head, query head) in chunk order.
+  for (Eigen::Index h = 0; h < n_kv; ++h) {
+    for (Eigen::Index r = 0; r < g; ++r) {
+      Eigen::Map<Vector<T>> o(out + (h * g + r) * hd, hd);
+      const T* first_item = partial + h * chunks * stride;
+      T m = first_item[g * hd + r];
+      for (Eigen::Index c = 1; c < chunks; ++c) m = std::max(m, first_item[c * stride + g * hd + r]);
+      T l = T(0);
+      o.setZero();
+      for (Eigen::Index c = 0; c < chunks; ++c) {
+        const T* item = first_item + c * stride;
+        const T w = std::exp(item[g * hd + r] - m);
+        l += w * item[g * hd + g + r];
+        o += w * Eigen::Map<const Vector<T>>(item + r * hd, hd);
+      }
+      o *= T(1) / l;
+    }
+  }
+}
 
 /// Causal attention of n_new query tokens against a cache.
 ///   q:     [n_new x n_heads*head_dim]   token i is at absolute position first_pos + i
 ///   cache: holds at least first_pos + n_new tokens; token i attends positions 0..first_pos+i
-///          (Cache provides n_kv_heads(), head_dim(), keys(h), values(h) as contiguous row views)
 ///   out:   [n_new x n_heads*head_dim]
-///   scratch: reserved with reserve(n_new, first_pos + n_new, group, head_dim)
-/// One token (n_new == 1) takes attend_decode_group; more tokens are processed
-/// in tiles of AttentionScratch::tile_tokens with matrix products.
+///   scratch: reserve_prefill(n_new, first_pos + n_new, ...) for n_new > 1,
+///            reserve_decode(>= first_pos + 1, ...) for n_new == 1
+/// One token takes attend_decode; more are processed per KV head in tiles of
+/// AttentionScratch::tile_tokens tokens with matrix products and a causal mask.
 template <class T, class Cache>
 void attend_causal(const Eigen::Ref<const RowMatrix<T>>& q, const Cache& cache,
                    Eigen::Index first_pos, Eigen::Index n_heads, T scale,
@@ -122,24 +242,20 @@ void attend_causal(const Eigen::Ref<const RowMatrix<T>>& q, const Cache& cache,
   const Eigen::Index g = n_heads / n_kv;
   eigen_assert(n_heads % n_kv == 0 && q.cols() == n_heads * hd && out.rows() == n_new &&
                out.cols() == q.cols() && first_pos + n_new <= cache.size());
-
+  if (n_new == 0) return;
   if (n_new == 1) {
-    const Eigen::Index n_ctx = first_pos + 1;
-    eigen_assert(scratch.scores.size() >= g * n_ctx);
-    for (Eigen::Index h = 0; h < n_kv; ++h) {
-      attend_decode_group<T>(q.data() + h * g * hd, g, hd, cache.keys(h).data(),
-                             cache.values(h).data(), n_ctx, scale, scratch.scores.data(),
-                             &out(0, h * g * hd));
-    }
+    eigen_assert(out.outerStride() == out.cols() || out.rows() == 1);
+    attend_decode<T>(q.data(), cache, first_pos + 1, n_heads, scale, out.data(), scratch);
     return;
   }
 
+  const Eigen::Index total = first_pos + n_new;
   for (Eigen::Index h = 0; h < n_kv; ++h) {
-    const typename Cache::View keys = cache.keys(h);
-    const typename Cache::View values = cache.values(h);
+    const Eigen::Map<const RowMatrix<T>> keys(cache.key_rows(h, 0, total, scratch.keys.data()), total, hd);
+    const Eigen::Map<const RowMatrix<T>> values(cache.value_rows(h, 0, total, scratch.values.data()), total, hd);
     for (Eigen::Index i0 = 0; i0 < n_new; i0 += AttentionScratch<T>::tile_tokens) {
       const Eigen::Index i1 = std::min(n_new, i0 + AttentionScratch<T>::tile_tokens);
-      const Eigen::Index rows = (i1 - i0) * g;  // row (i - i0)*g + r is token i, head h*g + r
+      const Eigen::Index rows = (i1 - i0) * g;    // row (i - i0)*g + r is token i, head h*g + r
       const Eigen::Index n_ctx = first_pos + i1;  // the tile's last token sees this many
       eigen_assert(scratch.scores.size() >= rows * n_ctx && scratch.q.size() >= rows * hd);
       Eigen::Map<RowMatrix<T>> Q(scratch.q.data(), rows, hd);
@@ -169,4 +285,5 @@ void attend_causal(const Eigen::Ref<const RowMatrix<T>>& q, const Cache& cache,
   }
 }
 
-}  // namespace kvattn::ops
+}  // namespace ops
+}  // namespace kvattn

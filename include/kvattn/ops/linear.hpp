@@ -5,7 +5,34 @@
 
 #include <kvattn/types.hpp>
 
+#include <algorithm>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
 namespace kvattn::ops {
+
+/// y = W x, split into blocks of output rows run on OpenMP threads when the
+/// matrix is large enough to pay for them (each row's sum is computed the
+/// same way whatever the thread count, so results do not depend on it).
+///   W: [out x in], x: [in] (contiguous), y: [out] (contiguous).
+template <class T>
+void gemv(const Eigen::Ref<const RowMatrix<T>>& w, const T* x, T* y) {
+  const Eigen::Index out = w.rows(), in = w.cols();
+  const Eigen::Map<const Vector<T>> xv(x, in);
+  constexpr Eigen::Index kBlock = 64;  // rows per work item
+  const Eigen::Index blocks = (out + kBlock - 1) / kBlock;
+  const bool parallel = out * in * Eigen::Index(sizeof(T)) >= (Eigen::Index(1) << 20) && blocks > 1;
+  (void)parallel;
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static) if (parallel)
+#endif
+  for (Eigen::Index b = 0; b < blocks; ++b) {
+    const Eigen::Index r0 = b * kBlock, n = std::min(kBlock, out - r0);
+    Eigen::Map<Vector<T>>(y + r0, n).noalias() = w.middleRows(r0, n) * xv;
+  }
+}
 
 /// y = W x + b, one token.
 ///   W: [out x in], b: [out] or empty (no bias), x: [in], y: [out].
@@ -14,7 +41,7 @@ void linear(const Eigen::Ref<const RowMatrix<T>>& w, const Eigen::Ref<const Vect
             const Eigen::Ref<const Vector<T>>& x, Eigen::Ref<Vector<T>> y) {
   eigen_assert(w.cols() == x.size() && w.rows() == y.size());
   eigen_assert(b.size() == 0 || b.size() == y.size());
-  y.noalias() = w * x;
+  gemv<T>(w, x.data(), y.data());
   if (b.size() != 0) y += b;
 }
 
@@ -25,7 +52,11 @@ void linear_batch(const Eigen::Ref<const RowMatrix<T>>& w, const Eigen::Ref<cons
                   const Eigen::Ref<const RowMatrix<T>>& x, Eigen::Ref<RowMatrix<T>> y) {
   eigen_assert(w.cols() == x.cols() && w.rows() == y.cols() && x.rows() == y.rows());
   eigen_assert(b.size() == 0 || b.size() == y.cols());
-  y.noalias() = x * w.transpose();
+  if (x.rows() == 1) {
+    gemv<T>(w, x.data(), y.data());  // one token: a matrix-vector product, threaded
+  } else {
+    y.noalias() = x * w.transpose();  // Eigen's matrix product (threaded by Eigen under OpenMP)
+  }
   if (b.size() != 0) y.rowwise() += b.transpose();
 }
 
