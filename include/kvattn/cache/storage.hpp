@@ -18,7 +18,12 @@
 #include <kvattn/types.hpp>
 
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
+
+#if defined(__AVX2__) || defined(__F16C__)
+#include <immintrin.h>
+#endif
 
 namespace kvattn {
 
@@ -65,19 +70,68 @@ void encode_row(const T* src, Eigen::Index n, Storage* dst, T* scale) {
   }
 }
 
+/// dst[i] = float(src[i]) * scale for i < n (scale used by int8 only).
+/// Plain pointers: AVX2 / F16C conversions where the compiler targets them,
+/// a scalar loop with the same results elsewhere.
+inline void widen(const Eigen::bfloat16* src, Eigen::Index n, float* dst, float) {
+  Eigen::Index i = 0;
+#if defined(__AVX2__)
+  for (; i + 8 <= n; i += 8) {  // bfloat16 is the top half of a float
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
+    _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
+  }
+#endif
+  for (; i < n; ++i) {
+    std::uint16_t bits;
+    std::memcpy(&bits, src + i, 2);
+    const std::uint32_t wide = std::uint32_t(bits) << 16;
+    std::memcpy(dst + i, &wide, 4);
+  }
+}
+
+inline void widen(const Eigen::half* src, Eigen::Index n, float* dst, float) {
+  Eigen::Index i = 0;
+#if defined(__F16C__)
+  for (; i + 8 <= n; i += 8) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
+    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(h));
+  }
+#endif
+  for (; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+}
+
+inline void widen(const std::int8_t* src, Eigen::Index n, float* dst, float scale) {
+  Eigen::Index i = 0;
+#if defined(__AVX2__)
+  const __m256 s = _mm256_set1_ps(scale);
+  for (; i + 8 <= n; i += 8) {
+    const __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src + i));
+    _mm256_storeu_ps(dst + i, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), s));
+  }
+#endif
+  for (; i < n; ++i) dst[i] = float(src[i]) * scale;
+}
+
 /// Decodes rows [0, rows) of `cols` values each into dst (row-major, T);
 /// scales[r] is row r's scale (int8 only).
 template <class T, class Storage>
 void decode_rows(const Storage* src, const T* scales, Eigen::Index rows, Eigen::Index cols, T* dst) {
-  using In = Eigen::Map<const Eigen::Array<Storage, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
-  using Out = Eigen::Map<Eigen::Array<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
-  Out y(dst, rows, cols);
-  if constexpr (std::is_same<Storage, std::int8_t>::value) {
-    const In x(src, rows, cols);
-    for (Eigen::Index r = 0; r < rows; ++r) y.row(r) = x.row(r).template cast<T>() * scales[r];
+  if constexpr (std::is_same<T, float>::value && !std::is_same<Storage, float>::value &&
+                !std::is_same<Storage, double>::value) {
+    for (Eigen::Index r = 0; r < rows; ++r) {
+      widen(src + r * cols, cols, dst + r * cols, scales != nullptr ? scales[r] : 1.0f);
+    }
   } else {
-    y = In(src, rows, cols).template cast<T>();
-    (void)scales;
+    using In = Eigen::Map<const Eigen::Array<Storage, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
+    using Out = Eigen::Map<Eigen::Array<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
+    Out y(dst, rows, cols);
+    const In x(src, rows, cols);
+    if constexpr (std::is_same<Storage, std::int8_t>::value) {
+      for (Eigen::Index r = 0; r < rows; ++r) y.row(r) = x.row(r).template cast<T>() * scales[r];
+    } else {
+      y = x.template cast<T>();
+      (void)scales;
+    }
   }
 }
 
