@@ -4,8 +4,9 @@
 //   BM_ReadBandwidth/threads        sum over a 1 GiB buffer: the machine's read bandwidth,
 //                                   measured in this run, so every byte rate below can be
 //                                   read as a fraction of it ("of_read_bw" counter)
-//   BM_LayerStep/shape/ctx          kvattn: fused QKV projection, RoPE, append, grouped
+//   BM_LayerStep/shape/ctx/threads  kvattn: fused QKV projection, RoPE, append, grouped
 //                                   decode attention, output projection
+//   BM_LayerStepBf16/...            the same with a bfloat16 KV cache
 //   BM_LayerStepBaseline/shape/ctx  plain Eigen: three projections, per query head
 //                                   scores = K q, softmax, V^T p (no grouping), Wo
 //   BM_Attention/shape/ctx          the attention part alone (one query vs the cache)
@@ -14,7 +15,9 @@
 // Shapes: 0 = d_model 4096, 32 heads, 8 KV heads, head_dim 128 (Llama-3-8B-like),
 //         1 = d_model 512, 8 heads, 8 KV heads, head_dim 64.
 // bytes/step = weight bytes + cached K and V bytes read (attention alone: K and V only).
-// Everything here runs on one thread.
+// threads: OpenMP threads (kvattn's decode attention and matrix-vector products;
+// the baseline's loop over heads); the fraction of_read_bw uses the bandwidth
+// measured with the same number of threads.
 #include <kvattn/kvattn.hpp>
 
 #include <benchmark/benchmark.h>
@@ -26,7 +29,19 @@
 #include <thread>
 #include <vector>
 
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
 namespace {
+
+void set_threads(int n) {
+#if defined(_OPENMP)
+  omp_set_num_threads(n);
+#else
+  (void)n;
+#endif
+}
 
 using kvattn::RowMatrix;
 using kvattn::Vector;
@@ -59,13 +74,14 @@ struct Baseline {
   std::vector<RowMatrix<float>> k, v;  // [n_kv_heads] of [capacity x head_dim]
   Eigen::Index size = 0;
   kvattn::RotaryEmbedding<float> rope;
-  Vector<float> q, kn, vn, heads, scores;
+  Vector<float> q, kn, vn, heads;
+  RowMatrix<float> scores;  // [n_heads x capacity]
 
   Baseline(const kvattn::AttentionConfig& config, const kvattn::AttentionWeights<float>& w,
            const kvattn::KVCache<float>& filled)
       : c(config), wq(w.wq), wk(w.wk), wv(w.wv), wo(w.wo), size(filled.size()),
         rope(config.head_dim, config.rope, config.rope_theta), q(c.q_dim()), kn(c.kv_dim()),
-        vn(c.kv_dim()), heads(c.q_dim()), scores(filled.capacity()) {
+        vn(c.kv_dim()), heads(c.q_dim()), scores(c.n_heads, filled.capacity()) {
     for (Eigen::Index h = 0; h < c.n_kv_heads; ++h) {
       k.emplace_back(filled.capacity(), c.head_dim);
       v.emplace_back(filled.capacity(), c.head_dim);
@@ -76,10 +92,13 @@ struct Baseline {
 
   void attend(Eigen::Index n) {
     const Eigen::Index hd = c.head_dim, g = c.group_size();
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static)
+#endif
     for (Eigen::Index h = 0; h < c.n_heads; ++h) {
       const RowMatrix<float>& kh = k[size_t(h / g)];
       const RowMatrix<float>& vh = v[size_t(h / g)];
-      Eigen::Ref<Vector<float>> s = scores.head(n);
+      Eigen::Ref<Vector<float>> s = scores.row(h).head(n).transpose();
       s.noalias() = kh.topRows(n) * q.segment(h * hd, hd);
       s *= float(c.scale());
       kvattn::softmax_inplace<float>(s);
@@ -108,6 +127,7 @@ struct Fixture {
   std::unique_ptr<kvattn::MultiHeadAttention<float>> layer;
   RowMatrix<float> k_fill, v_fill;                // [kMaxContext x kv_dim] random keys and values
   std::unique_ptr<kvattn::KVCache<float>> cache;  // capacity kMaxContext + 1
+  std::unique_ptr<kvattn::KVCache<float, Eigen::bfloat16>> cache_bf16;
   std::unique_ptr<Baseline> baseline;
   kvattn::AttentionWorkspace<float> ws;
   Vector<float> x, y;
@@ -132,6 +152,15 @@ struct Fixture {
   void set_context(Eigen::Index ctx) {
     cache->clear();
     cache->append(k_fill.topRows(ctx), v_fill.topRows(ctx));
+  }
+  kvattn::KVCache<float, Eigen::bfloat16>& bf16_context(Eigen::Index ctx) {
+    if (!cache_bf16) {
+      cache_bf16 = std::make_unique<kvattn::KVCache<float, Eigen::bfloat16>>(
+          layer->make_cache<Eigen::bfloat16>(kMaxContext + 1));
+    }
+    cache_bf16->clear();
+    cache_bf16->append(k_fill.topRows(ctx), v_fill.topRows(ctx));
+    return *cache_bf16;
   }
 
   double weight_bytes() const {
@@ -159,13 +188,16 @@ struct Stopwatch {
   }
 };
 
-// tokens/s, bytes/s, and bytes/s as a fraction of the 1-thread read bandwidth
-// measured by BM_ReadBandwidth in this run (when it ran).
+// tokens/s, bytes/s, and bytes/s as a fraction of the read bandwidth measured
+// by BM_ReadBandwidth in this run with the same thread count (when it ran).
 void report(benchmark::State& state, double bytes_per_step, double seconds) {
   const double bytes = bytes_per_step * double(state.iterations());
+  const int threads = int(state.range(2));
   state.SetItemsProcessed(state.iterations());  // tokens
   state.SetBytesProcessed(int64_t(bytes));
-  if (g_read_bw[1] > 0 && seconds > 0) state.counters["of_read_bw"] = bytes / seconds / g_read_bw[1];
+  if (g_read_bw[threads] > 0 && seconds > 0) {
+    state.counters["of_read_bw"] = bytes / seconds / g_read_bw[threads];
+  }
 }
 
 void BM_ReadBandwidth(benchmark::State& state) {
@@ -199,6 +231,7 @@ void BM_ReadBandwidth(benchmark::State& state) {
 void BM_LayerStep(benchmark::State& state) {
   Fixture& f = fixture(state.range(0));
   const Eigen::Index ctx = state.range(1);
+  set_threads(int(state.range(2)));
   f.set_context(ctx);
   const Stopwatch watch;
   for (auto _ : state) {
@@ -209,9 +242,24 @@ void BM_LayerStep(benchmark::State& state) {
   report(state, f.weight_bytes() + f.cache_bytes(ctx + 1), watch.seconds());
 }
 
+void BM_LayerStepBf16(benchmark::State& state) {
+  Fixture& f = fixture(state.range(0));
+  const Eigen::Index ctx = state.range(1);
+  set_threads(int(state.range(2)));
+  kvattn::KVCache<float, Eigen::bfloat16>& cache = f.bf16_context(ctx);
+  const Stopwatch watch;
+  for (auto _ : state) {
+    f.layer->step(f.x, cache, f.y, f.ws);
+    benchmark::DoNotOptimize(f.y.data());
+    cache.truncate(ctx);
+  }
+  report(state, f.weight_bytes() + double((ctx + 1) * cache.bytes_per_token()), watch.seconds());
+}
+
 void BM_LayerStepBaseline(benchmark::State& state) {
   Fixture& f = fixture(state.range(0));
   const Eigen::Index ctx = state.range(1);
+  set_threads(int(state.range(2)));
   const Stopwatch watch;
   for (auto _ : state) {
     f.baseline->size = ctx;
@@ -224,6 +272,7 @@ void BM_LayerStepBaseline(benchmark::State& state) {
 void BM_Attention(benchmark::State& state) {
   Fixture& f = fixture(state.range(0));
   const Eigen::Index ctx = state.range(1);
+  set_threads(int(state.range(2)));
   f.set_context(ctx);
   const RowMatrix<float> q = random(1, f.c.q_dim(), 1.0f, 7);
   RowMatrix<float> out(1, f.c.q_dim());
@@ -241,6 +290,7 @@ void BM_Attention(benchmark::State& state) {
 void BM_AttentionBaseline(benchmark::State& state) {
   Fixture& f = fixture(state.range(0));
   const Eigen::Index ctx = state.range(1);
+  set_threads(int(state.range(2)));
   fill(f.baseline->q.data(), f.baseline->q.size(), 1.0f, 7);
   const Stopwatch watch;
   for (auto _ : state) {
@@ -251,17 +301,20 @@ void BM_AttentionBaseline(benchmark::State& state) {
 }
 
 void decode_args(benchmark::internal::Benchmark* b) {
-  b->ArgNames({"shape", "ctx"});
+  b->ArgNames({"shape", "ctx", "threads"});
   for (int64_t s : {1, 0}) {
-    for (int64_t ctx : {512, 4096, 16384}) b->Args({s, ctx});
+    for (int64_t ctx : {512, 4096, 16384}) {
+      for (int64_t t : {1, 2}) b->Args({s, ctx, t});
+    }
   }
-  b->Unit(benchmark::kMillisecond);
+  b->Unit(benchmark::kMillisecond)->UseRealTime();
 }
 
 }  // namespace
 
 BENCHMARK(BM_ReadBandwidth)->ArgName("threads")->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_LayerStep)->Apply(decode_args);
+BENCHMARK(BM_LayerStepBf16)->Apply(decode_args);
 BENCHMARK(BM_LayerStepBaseline)->Apply(decode_args);
 BENCHMARK(BM_Attention)->Apply(decode_args);
 BENCHMARK(BM_AttentionBaseline)->Apply(decode_args);
@@ -269,7 +322,11 @@ BENCHMARK(BM_AttentionBaseline)->Apply(decode_args);
 int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::AddCustomContext("kvattn_threads", "1 (no OpenMP; Eigen single-threaded)");
+#if defined(_OPENMP)
+  benchmark::AddCustomContext("kvattn_threads", "OpenMP, set per benchmark (threads:N)");
+#else
+  benchmark::AddCustomContext("kvattn_threads", "1 (built without OpenMP)");
+#endif
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;
