@@ -111,7 +111,7 @@ struct AttentionScratch {
   Vector<T> keys, values;  // [n_ctx x head_dim] decoded rows (reduced storage only)
   // Decode (attend_decode):
   Vector<T> partial;  // [n_kv_heads * n_chunks][group][head_dim + 2]: acc, m, l
-  Vector<T> thread;   // [threads][group*kDecodeChunk + kDecodeChunk*head_dim]
+  Vector<T> thread;   // [threads][group*kDecodeChunk + 2*kDecodeChunk*head_dim]
   int threads = 0;    // threads `thread` is sized for
 
   /// Query tokens processed together in attend_causal (bounds the score buffer).
@@ -172,28 +172,32 @@ void attend_decode(const T* q, const Cache& cache, Eigen::Index n_ctx, Eigen::In
                scratch.thread.size() >= scratch.threads * per_thread);
   T* partial = scratch.partial.data();
   T* thread_buffers = scratch.thread.data();
-  // Threads pay off once the step reads more than about 1 MiB of cache.
-  const bool parallel =
-      n_ctx * hd * n_kv * 2 * Eigen::Index(sizeof(T)) >= (Eigen::Index(1) << 20) && items > 1;
-  (void)parallel;  // without OpenMP
-
-  const int threads = std::min(scratch.threads, detail::max_threads());
-  (void)threads;
-#if defined(_OPENMP)
-#pragma omp parallel for schedule(static) num_threads(threads) if (parallel)
-#endif
-  for (Eigen::Index item = 0; item < items; ++item) {
+  auto run_item = [&](Eigen::Index item) {
     const Eigen::Index h = item / chunks, c = item % chunks;
     const Eigen::Index first = c * kDecodeChunk, n = std::min(kDecodeChunk, n_ctx - first);
     T* buf = thread_buffers + detail::thread_index() * per_thread;
-    T* scores = buf;                               // [g x n]
-    T* k_tile = buf + g * kDecodeChunk;            // [n x hd], reduced storage only
-    T* v_tile = k_tile + kDecodeChunk * hd;        // [n x hd], reduced storage only
-    T* acc = partial + item * stride;              // [g x hd], then m [g], then l [g]
+    T* scores = buf;                         // [g x n]
+    T* k_tile = buf + g * kDecodeChunk;      // [n x hd], reduced storage only
+    T* v_tile = k_tile + kDecodeChunk * hd;  // [n x hd], reduced storage only
+    T* acc = partial + item * stride;        // [g x hd], then m [g], then l [g]
     attend_chunk<T>(q + h * g * hd, g, hd, cache.key_rows(h, first, n, k_tile),
                     cache.value_rows(h, first, n, v_tile), n, scale, scores, acc, acc + g * hd,
                     acc + g * hd + g);
+  };
+#if defined(_OPENMP)
+  // Threads pay off once the step reads more than about 1 MiB of cache; a
+  // smaller step runs inline (entering a parallel region costs microseconds).
+  const int threads = std::min(scratch.threads, detail::max_threads());
+  if (threads > 1 && items > 1 &&
+      n_ctx * hd * n_kv * 2 * Eigen::Index(sizeof(T)) >= (Eigen::Index(1) << 20)) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (Eigen::Index item = 0; item < items; ++item) run_item(item);
+  } else {
+    for (Eigen::Index item = 0; item < items; ++item) run_item(item);
   }
+#else
+  for (Eigen::Index item = 0; item < items; ++item) run_item(item);
+#endif
 
   // Merge the chunks of each (KV head, query head) in chunk order.
   for (Eigen::Index h = 0; h < n_kv; ++h) {

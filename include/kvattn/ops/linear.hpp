@@ -21,12 +21,17 @@ template <class T>
 void gemv(const Eigen::Ref<const RowMatrix<T>>& w, const T* x, T* y) {
   const Eigen::Index out = w.rows(), in = w.cols();
   const Eigen::Map<const Vector<T>> xv(x, in);
-  constexpr Eigen::Index kBlock = 64;  // rows per work item
+  if (out * in * Eigen::Index(sizeof(T)) < (Eigen::Index(1) << 20)) {
+    // Small: one product inline (a parallel region costs more than it saves).
+    Eigen::Map<Vector<T>>(y, out).noalias() = w * xv;
+    return;
+  }
+  // Large: blocks of rows; the split depends on the shape only, so every row
+  // is computed the same way with any number of threads.
+  constexpr Eigen::Index kBlock = 64;
   const Eigen::Index blocks = (out + kBlock - 1) / kBlock;
-  const bool parallel = out * in * Eigen::Index(sizeof(T)) >= (Eigen::Index(1) << 20) && blocks > 1;
-  (void)parallel;
 #if defined(_OPENMP)
-#pragma omp parallel for schedule(static) if (parallel)
+#pragma omp parallel for schedule(static)
 #endif
   for (Eigen::Index b = 0; b < blocks; ++b) {
     const Eigen::Index r0 = b * kBlock, n = std::min(kBlock, out - r0);
