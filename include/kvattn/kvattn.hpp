@@ -4,6 +4,8 @@
 /// Includes every public header.
 
 #include <kvattn/cache/kv_cache.hpp>
+#include <kvattn/cache/serialization.hpp>
+#include <kvattn/cache/storage.hpp>
 #include <kvattn/config.hpp>
 #include <kvattn/error.hpp>
 #include <kvattn/io/llama2c.hpp>

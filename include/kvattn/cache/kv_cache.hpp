@@ -19,6 +19,7 @@
 #include <kvattn/error.hpp>
 #include <kvattn/types.hpp>
 
+#include <cstring>
 #include <limits>
 #include <type_traits>
 #include <stdexcept>
@@ -166,6 +167,29 @@ class KVCache {
 
   /// Drops every token; capacity and memory stay.
   void clear() noexcept { size_ = 0; }
+
+  /// Replaces the contents with n tokens laid out as serialization.hpp's
+  /// payload (keys of every head, values of every head, then int8 scales).
+  /// For load(): the caller has checked n <= capacity() and the payload size.
+  void restore_raw(Eigen::Index n, const char* payload) {
+    eigen_assert(n >= 0 && n <= capacity_);
+    const size_t row_bytes = size_t(n * head_dim_) * sizeof(Storage);
+    for (Data* d : {&k_, &v_}) {
+      for (Eigen::Index h = 0; h < n_kv_heads_; ++h) {
+        std::memcpy(d->data() + h * capacity_ * head_dim_, payload, row_bytes);
+        payload += row_bytes;
+      }
+    }
+    if (is_quantized) {
+      for (Vector<T>* s : {&k_scale_, &v_scale_}) {
+        for (Eigen::Index h = 0; h < n_kv_heads_; ++h) {
+          std::memcpy(s->data() + h * capacity_, payload, size_t(n) * sizeof(T));
+          payload += size_t(n) * sizeof(T);
+        }
+      }
+    }
+    size_ = n;
+  }
 
   /// Throws std::length_error unless n more tokens fit.
   void check_room(const char* fn, Eigen::Index n) const {
