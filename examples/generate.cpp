@@ -10,7 +10,10 @@
 #include <kvattn/kvattn.hpp>
 
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <cstdlib>
 #include <iostream>
 #include <sstream>
@@ -31,7 +34,9 @@ void usage(const char* argv0) {
                "  -i TEXT            prompt text (needs -z)\n"
                "  --prompt-ids IDS   prompt as ids, e.g. \"368 430 281\"\n"
                "  --print-ids        print each token id after BOS, one per line\n"
-               "  --no-cache         recompute the whole sequence every step (slow)\n",
+               "  --no-cache         recompute the whole sequence every step (slow)\n"
+               "  --save-state FILE  at the end, save the state (caches and tokens) to FILE\n"
+               "  --load-state FILE  resume a saved state (the prompt options are ignored)\n",
                argv0);
   std::exit(2);
 }
@@ -48,7 +53,7 @@ bool parse_double(const char* s, double& out) {
 }
 
 struct Options {
-  std::string model, tokenizer, prompt_text, prompt_ids;
+  std::string model, tokenizer, prompt_text, prompt_ids, save_state, load_state;
   long steps = 0;
   double temperature = 0.0, top_p = 0.9;
   unsigned long long seed = 0;
@@ -92,13 +97,55 @@ Options parse(int argc, char** argv) {
       o.print_ids = true;
     } else if (a == "--no-cache") {
       o.no_cache = true;
+    } else if (a == "--save-state") {
+      o.save_state = value();
+    } else if (a == "--load-state") {
+      o.load_state = value();
     } else {
       usage(argv[0]);
     }
   }
   if (o.has_text && o.has_ids) usage(argv[0]);
   if (o.has_text && o.tokenizer.empty()) usage(argv[0]);
+  if (o.no_cache && !(o.save_state.empty() && o.load_state.empty())) usage(argv[0]);
   return o;
+}
+
+// The state file of generate: the model's LlamaState (every layer's KV cache),
+// then the tokens fed so far and the next token (int32 count, int32 ids).
+void save_generation(const std::string& path, const kvattn::LlamaState<float>& state,
+                     std::vector<int> tokens, int next) {
+  tokens.push_back(next);
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out) throw std::runtime_error(path + ": cannot open " + tmp + " for writing");
+    state.save(out);
+    const int32_t n = int32_t(tokens.size());
+    out.write(reinterpret_cast<const char*>(&n), 4);
+    out.write(reinterpret_cast<const char*>(tokens.data()), std::streamsize(tokens.size() * 4));
+    if (!out.flush()) throw std::runtime_error(path + ": writing failed");
+  }
+  std::filesystem::rename(tmp, path);  // a crash before this line keeps the old file
+}
+
+// Returns the tokens fed so far, followed by the next token.
+std::vector<int> load_generation(const std::string& path, kvattn::LlamaState<float>& state, long vocab) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error(path + ": cannot open");
+  kvattn::LlamaState<float> loaded = state.copy();
+  loaded.load(in, path);
+  int32_t n = 0;
+  in.read(reinterpret_cast<char*>(&n), 4);
+  if (!in || n != loaded.pos() + 1) throw std::runtime_error(path + ": the token list does not match the state");
+  std::vector<int> tokens(static_cast<size_t>(n));
+  in.read(reinterpret_cast<char*>(tokens.data()), std::streamsize(tokens.size() * 4));
+  if (!in) throw std::runtime_error(path + ": truncated token list");
+  for (int t : tokens) {
+    if (t < 0 || t >= vocab) throw std::runtime_error(path + ": token id out of range");
+  }
+  state = std::move(loaded);
+  return tokens;
 }
 
 using Clock = std::chrono::steady_clock;
@@ -156,25 +203,41 @@ int main(int argc, char** argv) {
       std::fflush(stdout);
     };
 
-    // Prefill: the prompt positions that fit, in one batched pass.
-    const long n_prompt = std::min<long>(long(prompt.size()), steps);
-    sequence.assign(prompt.begin(), prompt.begin() + n_prompt);
-    const auto t_prefill = Clock::now();
+    long pos = 0;         // position of the last token fed
+    int next = 0;         // the token that follows it
+    bool resumed = false;
+    double prefill_s = 0;
+    long n_prompt = 0;
     kvattn::Vector<float> logits;
-    if (opt.no_cache) {
-      logits = model.forward(sequence, state).bottomRows(1).transpose();
+    if (!opt.load_state.empty()) {
+      // Resume: the saved state already holds every fed token; `next` was emitted before saving.
+      std::vector<int> saved = load_generation(opt.load_state, state, long(c.vocab_size));
+      next = saved.back();
+      saved.pop_back();
+      sequence = saved;
+      pos = long(sequence.size()) - 1;
+      prompt = sequence;
+      resumed = true;
     } else {
-      logits = model.prefill(sequence, state);
+      // Prefill: the prompt positions that fit, in one batched pass.
+      n_prompt = std::min<long>(long(prompt.size()), steps);
+      sequence.assign(prompt.begin(), prompt.begin() + n_prompt);
+      const auto t_prefill = Clock::now();
+      if (opt.no_cache) {
+        logits = model.forward(sequence, state).bottomRows(1).transpose();
+      } else {
+        logits = model.prefill(sequence, state);
+      }
+      prefill_s = seconds_since(t_prefill);
+      for (long p = 0; p + 1 < n_prompt; ++p) emit(prompt[size_t(p)], prompt[size_t(p + 1)]);
+      pos = n_prompt - 1;
+      next = pos + 1 < long(prompt.size()) ? prompt[size_t(pos + 1)] : sampler.sample<float>(logits);
     }
-    const double prefill_s = seconds_since(t_prefill);
-    for (long p = 0; p + 1 < n_prompt; ++p) emit(prompt[size_t(p)], prompt[size_t(p + 1)]);
-
-    long pos = n_prompt - 1;  // position of the last token fed
-    int next = pos + 1 < long(prompt.size()) ? prompt[size_t(pos + 1)] : sampler.sample<float>(logits);
     const auto t_decode = Clock::now();
     long decoded = 0;
     while (next != kvattn::Tokenizer::kBos) {
-      emit(sequence.back(), next);
+      if (!resumed) emit(sequence.back(), next);
+      resumed = false;
       if (pos + 1 >= steps) break;
       sequence.push_back(next);
       ++pos;
@@ -187,6 +250,7 @@ int main(int argc, char** argv) {
       ++decoded;
       next = pos + 1 < long(prompt.size()) ? prompt[size_t(pos + 1)] : sampler.sample<float>(logits);
     }
+    if (!opt.save_state.empty()) save_generation(opt.save_state, state, sequence, next);
     const double decode_s = seconds_since(t_decode);
     if (!opt.print_ids) {
       std::printf("\n");

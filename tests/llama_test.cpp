@@ -6,6 +6,8 @@
 #include "models.hpp"
 #include "test_util.hpp"
 
+#include <sstream>
+
 using kvattn::Llama;
 using kvattn::LlamaState;
 
@@ -152,6 +154,29 @@ TEST(RealCheckpointText, BadTokensAndOverflowLeaveTheStateUntouched) {
   // Rolling back one token and feeding it again reproduces the logits.
   state.truncate(2);
   EXPECT_TRUE(test::close(model.step(401, state), first, 1e-5));
+}
+
+// A saved state restores exactly; a corrupt one changes nothing.
+TEST(RealCheckpointText, StateSavesAndRestores) {
+  KVATTN_REQUIRE_MODELS();
+  Llama<float> model(kvattn::read_llama2c_checkpoint<float>(test::model_path("stories260K.bin")));
+  LlamaState<float, Eigen::half> state = model.make_state<Eigen::half>(32);
+  model.prefill({1, 400, 401, 402}, state);
+  std::stringstream buffer;
+  state.save(buffer);
+  const std::string bytes = buffer.str();
+  LlamaState<float, Eigen::half> other = model.make_state<Eigen::half>(32);
+  model.prefill({1, 5}, other);
+  std::string corrupt = bytes;
+  corrupt[bytes.size() / 2] = char(corrupt[bytes.size() / 2] ^ 0x10);
+  std::istringstream bad(corrupt);
+  test::expect_throw_with<std::runtime_error>([&] { other.load(bad, "s.bin"); },
+                                              {"s.bin layer", "checksum mismatch"});
+  EXPECT_EQ(other.pos(), 2);
+  std::istringstream good(bytes);
+  other.load(good, "s.bin");
+  ASSERT_EQ(other.pos(), 4);
+  EXPECT_EQ(model.step(403, other), model.step(403, state));
 }
 
 TEST(LlamaErrors, WeightShapesAreChecked) {

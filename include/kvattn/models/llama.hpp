@@ -14,6 +14,7 @@
 /// A LlamaState holds one KV cache per layer: the sequence so far.
 
 #include <kvattn/cache/kv_cache.hpp>
+#include <kvattn/cache/serialization.hpp>
 #include <kvattn/config.hpp>
 #include <kvattn/detail/scratch.hpp>
 #include <kvattn/error.hpp>
@@ -22,7 +23,12 @@
 #include <kvattn/ops/rmsnorm.hpp>
 #include <kvattn/types.hpp>
 
+#include <cstdint>
+#include <cstring>
+#include <istream>
+#include <ostream>
 #include <stdexcept>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -114,6 +120,55 @@ class LlamaState {
     LlamaState s;
     for (const KVCache<T, Storage>& c : caches_) s.caches_.push_back(c.copy());
     return s;
+  }
+
+  /// Writes the state: magic "KVATTNLS" (8 bytes), format version 1 (u32),
+  /// n_layers (u32), pos (u64), then every layer's cache as kvattn::save
+  /// writes it (cache/serialization.hpp; each with its own CRC-32C).
+  void save(std::ostream& out) const {
+    const uint32_t version = 1, layers = uint32_t(caches_.size());
+    const uint64_t position = uint64_t(pos());
+    out.write("KVATTNLS", 8);
+    out.write(reinterpret_cast<const char*>(&version), 4);
+    out.write(reinterpret_cast<const char*>(&layers), 4);
+    out.write(reinterpret_cast<const char*>(&position), 8);
+    for (const KVCache<T, Storage>& c : caches_) kvattn::save(c, out);
+    if (!out) throw std::runtime_error("LlamaState::save: writing failed");
+  }
+
+  /// Reads a state written by save() for a model of this shape. Every layer
+  /// is read and checked before any is replaced: on error
+  /// (std::runtime_error naming `what`) this state is unchanged.
+  void load(std::istream& in, const std::string& what = "stream") {
+    char magic[8] = {};
+    uint32_t version = 0, layers = 0;
+    uint64_t position = 0;
+    in.read(magic, 8);
+    in.read(reinterpret_cast<char*>(&version), 4);
+    in.read(reinterpret_cast<char*>(&layers), 4);
+    in.read(reinterpret_cast<char*>(&position), 8);
+    if (!in) throw std::runtime_error(detail::concat(what, ": truncated: shorter than the state header"));
+    if (std::memcmp(magic, "KVATTNLS", 8) != 0) {
+      throw std::runtime_error(detail::concat(what, ": not a kvattn Llama state (bad magic)"));
+    }
+    if (version != 1) {
+      throw std::runtime_error(detail::concat(what, ": state format version ", version, " is not supported"));
+    }
+    if (layers != caches_.size()) {
+      throw std::runtime_error(detail::concat(what, ": holds ", layers, " layers, expected ", caches_.size()));
+    }
+    std::vector<KVCache<T, Storage>> fresh;
+    fresh.reserve(caches_.size());
+    for (size_t l = 0; l < caches_.size(); ++l) {
+      const KVCache<T, Storage>& c = caches_[l];
+      fresh.emplace_back(c.n_kv_heads(), c.head_dim(), c.capacity());
+      kvattn::load(fresh.back(), in, detail::concat(what, " layer ", l));
+      if (uint64_t(fresh.back().size()) != position) {
+        throw std::runtime_error(detail::concat(what, " layer ", l, ": holds ", fresh.back().size(),
+                                                " tokens, the state header says ", position));
+      }
+    }
+    caches_.swap(fresh);
   }
 
  private:
