@@ -27,6 +27,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <istream>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -61,14 +62,14 @@ inline uint64_t open_binary(const std::string& path, std::ifstream& in) {
   return size;
 }
 
-inline void read_bytes(std::ifstream& in, const std::string& path, void* dst, uint64_t n) {
+inline void read_bytes(std::istream& in, const std::string& path, void* dst, uint64_t n) {
   in.read(static_cast<char*>(dst), std::streamsize(n));
   if (uint64_t(in.gcount()) != n) file_error(path, "unexpected end of file");
 }
 
 // Reads n float32 values into dst (converted to T).
 template <class T>
-void read_floats(std::ifstream& in, const std::string& path, T* dst, uint64_t n) {
+void read_floats(std::istream& in, const std::string& path, T* dst, uint64_t n) {
   if constexpr (std::is_same<T, float>::value) {
     read_bytes(in, path, dst, n * sizeof(float));
   } else {
@@ -83,7 +84,7 @@ void read_floats(std::ifstream& in, const std::string& path, T* dst, uint64_t n)
 }
 
 template <class T>
-RowMatrix<T> read_matrix(std::ifstream& in, const std::string& path, Eigen::Index rows,
+RowMatrix<T> read_matrix(std::istream& in, const std::string& path, Eigen::Index rows,
                          Eigen::Index cols) {
   RowMatrix<T> m(rows, cols);
   read_floats(in, path, m.data(), uint64_t(rows) * uint64_t(cols));
@@ -91,7 +92,7 @@ RowMatrix<T> read_matrix(std::ifstream& in, const std::string& path, Eigen::Inde
 }
 
 template <class T>
-Vector<T> read_vector(std::ifstream& in, const std::string& path, Eigen::Index n) {
+Vector<T> read_vector(std::istream& in, const std::string& path, Eigen::Index n) {
   Vector<T> v(n);
   read_floats(in, path, v.data(), uint64_t(n));
   return v;
@@ -159,9 +160,18 @@ inline uint64_t llama2c_file_size(const LlamaConfig& c, bool shared_classifier) 
 /// converted for double). The classifier stays empty when the file shares it
 /// with the token embedding, so no weight is held twice.
 template <class T = float>
+LlamaWeights<T> read_llama2c_checkpoint(std::istream& in, uint64_t size, const std::string& path);
+
+template <class T = float>
 LlamaWeights<T> read_llama2c_checkpoint(const std::string& path) {
   std::ifstream in;
   const uint64_t size = detail::open_binary(path, in);
+  return read_llama2c_checkpoint<T>(in, size, path);
+}
+
+/// The same from a stream holding `size` bytes; `path` names it in errors.
+template <class T>
+LlamaWeights<T> read_llama2c_checkpoint(std::istream& in, uint64_t size, const std::string& path) {
   if (size < sizeof(Llama2cHeader)) {
     detail::file_error(path, detail::concat("file is ", size, " bytes, too short for the ",
                                             sizeof(Llama2cHeader), "-byte llama2.c header"));
@@ -201,10 +211,19 @@ LlamaWeights<T> read_llama2c_checkpoint(const std::string& path) {
   return w;
 }
 
+inline Tokenizer read_llama2c_tokenizer(std::istream& in, uint64_t size, const std::string& path,
+                                        int vocab_size);
+
 /// Reads a llama2.c tokenizer file with vocab_size tokens.
 inline Tokenizer read_llama2c_tokenizer(const std::string& path, int vocab_size) {
   std::ifstream in;
   const uint64_t size = detail::open_binary(path, in);
+  return read_llama2c_tokenizer(in, size, path, vocab_size);
+}
+
+/// The same from a stream holding `size` bytes; `path` names it in errors.
+inline Tokenizer read_llama2c_tokenizer(std::istream& in, uint64_t size, const std::string& path,
+                                        int vocab_size) {
   if (vocab_size <= 0) detail::file_error(path, detail::concat("vocab_size = ", vocab_size, ", expected > 0"));
   if (size < 4) detail::file_error(path, detail::concat("file is ", size, " bytes, too short for a tokenizer"));
   int32_t max_len = 0;

@@ -221,9 +221,15 @@ class Llama {
   /// every one of them: [tokens.size() x vocab_size].
   template <class Storage>
   RowMatrix<T> forward(const std::vector<int>& tokens, LlamaState<T, Storage>& state) {
+    RowMatrix<T> logits(Eigen::Index(tokens.size()), config_.vocab_size);  // before any change
+    const Eigen::Index pos = state.caches_.empty() ? 0 : state.pos();
     run(tokens, state, "Llama::forward");
-    RowMatrix<T> logits(x_.rows(), config_.vocab_size);
-    ops::linear_batch<T>(classifier(), Vector<T>(), x_, logits);
+    try {
+      ops::linear_batch<T>(classifier(), Vector<T>(), x_, logits);  // a product: may allocate
+    } catch (...) {
+      state.truncate(pos);
+      throw;
+    }
     return logits;
   }
 
@@ -232,16 +238,20 @@ class Llama {
   template <class Storage>
   Vector<T> prefill(const std::vector<int>& tokens, LlamaState<T, Storage>& state) {
     detail::check_arg(!tokens.empty(), "Llama::prefill", "tokens.size()", 0, "> 0");
+    Vector<T> logits(config_.vocab_size);  // allocated before the state changes
     run(tokens, state, "Llama::prefill");
-    return last_logits();
+    last_logits(logits);
+    return logits;
   }
 
   /// One token at position state.pos(); returns the logits: [vocab_size].
   template <class Storage>
   Vector<T> step(int token, LlamaState<T, Storage>& state) {
-    const std::vector<int>& one = (single_[0] = token, single_);
-    run(one, state, "Llama::step");
-    return last_logits();
+    single_[0] = token;
+    Vector<T> logits(config_.vocab_size);  // allocated before the state changes
+    run(single_, state, "Llama::step");
+    last_logits(logits);
+    return logits;
   }
 
  private:
@@ -286,10 +296,8 @@ class Llama {
     return classifier_.size() != 0 ? classifier_ : embedding_;
   }
 
-  Vector<T> last_logits() const {
-    Vector<T> logits(config_.vocab_size);
+  void last_logits(Vector<T>& logits) const {
     ops::linear<T>(classifier(), Vector<T>(), x_.row(x_.rows() - 1).transpose(), logits);
-    return logits;
   }
 
   // Runs the tokens through every layer; leaves the final-normed hidden

@@ -1,0 +1,73 @@
+// Writes small valid inputs for the fuzz targets' seed corpora:
+//   make_seeds OUT_DIR [MODELS_DIR]
+// OUT_DIR/{checkpoint,tokenizer,cache}/ receive a tiny checkpoint, a tiny
+// tokenizer (behind its two vocabulary bytes) and saved caches; with
+// MODELS_DIR, the shared tok512.bin is added too (the checkpoints themselves
+// are large; the fuzz run copies them).
+#include <kvattn/cache/serialization.hpp>
+
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <string>
+
+namespace fs = std::filesystem;
+
+static void put(std::string& s, const void* p, size_t n) { s.append(static_cast<const char*>(p), n); }
+
+int main(int argc, char** argv) {
+  if (argc < 2) return 2;
+  const fs::path out = argv[1];
+  for (const char* d : {"checkpoint", "tokenizer", "cache"}) fs::create_directories(out / d);
+
+  // dim 8, hidden 12, 1 layer, 2 heads, 1 KV head, vocab 6 (shared classifier), seq_len 4.
+  std::string ckpt;
+  const int32_t h[7] = {8, 12, 1, 2, 1, 6, 4};
+  put(ckpt, h, sizeof h);
+  const long floats = 6 * 8 + 8 + 64 + 32 + 32 + 64 + 8 + 3 * 12 * 8 + 8 + 4 * 4;
+  for (long i = 0; i < floats; ++i) {
+    const float f = float(i % 7) * 0.01f;
+    put(ckpt, &f, 4);
+  }
+  std::ofstream(out / "checkpoint" / "tiny.bin", std::ios::binary) << ckpt;
+
+  // 259 pieces: <unk>, <s>, </s>, <0x00>..<0xFF>, vocabulary bytes 0 0 first.
+  std::string tok("\0\0", 2);
+  const int32_t max_len = 6;
+  put(tok, &max_len, 4);
+  auto piece = [&](const std::string& p) {
+    const float score = 0;
+    const int32_t len = int32_t(p.size());
+    put(tok, &score, 4);
+    put(tok, &len, 4);
+    tok += p;
+  };
+  piece("<unk>");
+  piece("<s>");
+  piece("</s>");
+  for (int b = 0; b < 256; ++b) {
+    char name[8];
+    std::snprintf(name, sizeof name, "<0x%02X>", b);
+    piece(name);
+  }
+  std::ofstream(out / "tokenizer" / "tiny.bin", std::ios::binary) << tok;
+  if (argc > 2) {
+    std::ifstream shared(fs::path(argv[2]) / "tok512.bin", std::ios::binary);
+    if (shared) {
+      // vocab 512 = 259 + 253: bytes 253, 0.
+      std::ofstream f(out / "tokenizer" / "tok512.bin", std::ios::binary);
+      f << std::string("\xfd\0", 2) << shared.rdbuf();
+    }
+  }
+
+  kvattn::KVCache<float> c32(2, 4, 8);
+  kvattn::KVCache<float, std::int8_t> c8(2, 4, 8);
+  const kvattn::RowMatrix<float> k = kvattn::RowMatrix<float>::Random(3, 8);
+  c32.append(k, k * 2.0f);
+  c8.append(k, k * 2.0f);
+  kvattn::save_file(c32, (out / "cache" / "f32.bin").string());
+  kvattn::save_file(c8, (out / "cache" / "int8.bin").string());
+  return 0;
+}
