@@ -270,7 +270,17 @@ void attend_causal(const Eigen::Ref<const RowMatrix<T>>& q, const Cache& cache,
           std::fill(row + visible, row + n_ctx, T(0));
         }
       }
-      O.noalias() = S * values.topRows(n_ctx);
+      // O = P V over visible positions only (a masked 0 times a NaN or
+      // infinite future value would still poison the sum): one product over
+      // the positions every token of the tile sees, then each token's few
+      // extra positions.
+      const Eigen::Index common = first_pos + i0 + 1;
+      O.noalias() = S.leftCols(common) * values.topRows(common);
+      for (Eigen::Index i = i0 + 1; i < i1; ++i) {
+        const Eigen::Index extra = first_pos + i + 1 - common;
+        O.middleRows((i - i0) * g, g).noalias() +=
+            S.block((i - i0) * g, common, g, extra) * values.middleRows(common, extra);
+      }
       for (Eigen::Index i = i0; i < i1; ++i) {
         for (Eigen::Index r = 0; r < g; ++r) {
           out.row(i).segment((h * g + r) * hd, hd) = O.row((i - i0) * g + r);
