@@ -56,7 +56,8 @@ void fill(float* p, Eigen::Index n, uint64_t seed) {
 // Evicts the caches: reads 64 MiB.
 void flush_caches() {
   static std::vector<float> junk(size_t(16) << 20, 1.0f);
-  benchmark::DoNotOptimize(Eigen::Map<const Eigen::ArrayXf>(junk.data(), Eigen::Index(junk.size())).sum());
+  benchmark::DoNotOptimize(
+      Eigen::Map<const Eigen::ArrayXf>(junk.data(), Eigen::Index(junk.size())).sum());
 }
 
 double g_read_bw[3] = {0, 0, 0};  // bytes/s by thread count, from BM_ReadBandwidth
@@ -73,7 +74,8 @@ void BM_ReadBandwidth(benchmark::State& state) {
     for (int t = 0; t < threads; ++t) {
       pool.emplace_back([&, t] {
         partial[size_t(t)] =
-            Eigen::Map<const Eigen::ArrayXf>(buffer.data() + size_t(t) * chunk, Eigen::Index(chunk)).sum();
+            Eigen::Map<const Eigen::ArrayXf>(buffer.data() + size_t(t) * chunk, Eigen::Index(chunk))
+                .sum();
       });
     }
     for (std::thread& th : pool) th.join();
@@ -98,7 +100,9 @@ const RowMatrix<float>& source(Eigen::Index kv, Eigen::Index ctx, bool values) {
 
 template <class Storage>
 kvattn::KVCache<float, Storage>& cache(Eigen::Index kv, Eigen::Index ctx) {
-  static std::map<std::pair<Eigen::Index, Eigen::Index>, std::unique_ptr<kvattn::KVCache<float, Storage>>> m;
+  static std::map<std::pair<Eigen::Index, Eigen::Index>,
+                  std::unique_ptr<kvattn::KVCache<float, Storage>>>
+      m;
   auto& c = m[{kv, ctx}];
   if (!c) {
     c = std::make_unique<kvattn::KVCache<float, Storage>>(kv, kHeadDim, ctx);
@@ -190,7 +194,12 @@ void gqa_args(benchmark::internal::Benchmark* b) {
 
 }  // namespace
 
-BENCHMARK(BM_ReadBandwidth)->ArgName("threads")->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_ReadBandwidth)
+    ->ArgName("threads")
+    ->Arg(1)
+    ->Arg(2)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 BENCHMARK(BM_AttentionBaseline)->Apply(gqa_args);
 BENCHMARK_TEMPLATE(BM_Attention, float)->Apply(gqa_args);
 BENCHMARK_TEMPLATE(BM_Attention, Eigen::bfloat16)->Apply(gqa_args);

@@ -79,9 +79,18 @@ struct Baseline {
 
   Baseline(const kvattn::AttentionConfig& config, const kvattn::AttentionWeights<float>& w,
            const kvattn::KVCache<float>& filled)
-      : c(config), wq(w.wq), wk(w.wk), wv(w.wv), wo(w.wo), size(filled.size()),
-        rope(config.head_dim, config.rope, config.rope_theta), q(c.q_dim()), kn(c.kv_dim()),
-        vn(c.kv_dim()), heads(c.q_dim()), scores(c.n_heads, filled.capacity()) {
+      : c(config),
+        wq(w.wq),
+        wk(w.wk),
+        wv(w.wv),
+        wo(w.wo),
+        size(filled.size()),
+        rope(config.head_dim, config.rope, config.rope_theta),
+        q(c.q_dim()),
+        kn(c.kv_dim()),
+        vn(c.kv_dim()),
+        heads(c.q_dim()),
+        scores(c.n_heads, filled.capacity()) {
     for (Eigen::Index h = 0; h < c.n_kv_heads; ++h) {
       k.emplace_back(filled.capacity(), c.head_dim);
       v.emplace_back(filled.capacity(), c.head_dim);
@@ -138,7 +147,10 @@ struct Fixture {
                                       random(c.kv_dim(), c.d_model, s, 2),
                                       random(c.kv_dim(), c.d_model, s, 3),
                                       random(c.d_model, c.q_dim(), s, 4),
-                                      {}, {}, {}, {}};
+                                      {},
+                                      {},
+                                      {},
+                                      {}};
     layer = std::make_unique<kvattn::MultiHeadAttention<float>>(c, w);
     k_fill = random(kMaxContext, c.kv_dim(), 1.0f, 10);
     v_fill = random(kMaxContext, c.kv_dim(), 1.0f, 20);
@@ -312,7 +324,12 @@ void decode_args(benchmark::internal::Benchmark* b) {
 
 }  // namespace
 
-BENCHMARK(BM_ReadBandwidth)->ArgName("threads")->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_ReadBandwidth)
+    ->ArgName("threads")
+    ->Arg(1)
+    ->Arg(2)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 BENCHMARK(BM_LayerStep)->Apply(decode_args);
 BENCHMARK(BM_LayerStepBf16)->Apply(decode_args);
 BENCHMARK(BM_LayerStepBaseline)->Apply(decode_args);

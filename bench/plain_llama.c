@@ -10,7 +10,7 @@
 
 struct PlainLlama {
   int dim, hidden, layers, heads, kv_heads, vocab, seq_len, head_size, kv_dim;
-  float* file;  /* every float after the header */
+  float* file; /* every float after the header */
   const float *emb, *rms_att, *wq, *wk, *wv, *wo, *rms_ffn, *w1, *w2, *w3, *rms_final, *cls;
   float *x, *xb, *xb2, *hb, *hb2, *q, *att, *logits; /* activations */
   float *key_cache, *value_cache;                    /* [layers][seq_len][kv_dim] */
@@ -44,31 +44,55 @@ PlainLlama* plain_llama_open(const char* path) {
   FILE* f = fopen(path, "rb");
   if (!f) return NULL;
   int32_t h[7];
-  if (fread(h, sizeof h, 1, f) != 1) { fclose(f); return NULL; }
+  if (fread(h, sizeof h, 1, f) != 1) {
+    fclose(f);
+    return NULL;
+  }
   PlainLlama* m = calloc(1, sizeof *m);
-  m->dim = h[0]; m->hidden = h[1]; m->layers = h[2]; m->heads = h[3]; m->kv_heads = h[4];
-  m->vocab = abs(h[5]); m->seq_len = h[6];
+  m->dim = h[0];
+  m->hidden = h[1];
+  m->layers = h[2];
+  m->heads = h[3];
+  m->kv_heads = h[4];
+  m->vocab = abs(h[5]);
+  m->seq_len = h[6];
   m->head_size = m->dim / m->heads;
   m->kv_dim = m->kv_heads * m->head_size;
   fseek(f, 0, SEEK_END);
   const long bytes = ftell(f) - (long)sizeof h;
   fseek(f, (long)sizeof h, SEEK_SET);
   m->file = malloc((size_t)bytes);
-  if (fread(m->file, 1, (size_t)bytes, f) != (size_t)bytes) { fclose(f); plain_llama_close(m); return NULL; }
+  if (fread(m->file, 1, (size_t)bytes, f) != (size_t)bytes) {
+    fclose(f);
+    plain_llama_close(m);
+    return NULL;
+  }
   fclose(f);
-  const size_t dim = (size_t)m->dim, L = (size_t)m->layers, kv = (size_t)m->kv_dim, hid = (size_t)m->hidden;
+  const size_t dim = (size_t)m->dim, L = (size_t)m->layers, kv = (size_t)m->kv_dim,
+               hid = (size_t)m->hidden;
   const float* p = m->file;
-  m->emb = p; p += (size_t)m->vocab * dim;
-  m->rms_att = p; p += L * dim;
-  m->wq = p; p += L * dim * dim;
-  m->wk = p; p += L * kv * dim;
-  m->wv = p; p += L * kv * dim;
-  m->wo = p; p += L * dim * dim;
-  m->rms_ffn = p; p += L * dim;
-  m->w1 = p; p += L * hid * dim;
-  m->w2 = p; p += L * dim * hid;
-  m->w3 = p; p += L * hid * dim;
-  m->rms_final = p; p += dim;
+  m->emb = p;
+  p += (size_t)m->vocab * dim;
+  m->rms_att = p;
+  p += L * dim;
+  m->wq = p;
+  p += L * dim * dim;
+  m->wk = p;
+  p += L * kv * dim;
+  m->wv = p;
+  p += L * kv * dim;
+  m->wo = p;
+  p += L * dim * dim;
+  m->rms_ffn = p;
+  p += L * dim;
+  m->w1 = p;
+  p += L * hid * dim;
+  m->w2 = p;
+  p += L * dim * hid;
+  m->w3 = p;
+  p += L * hid * dim;
+  m->rms_final = p;
+  p += dim;
   p += (size_t)m->seq_len * (size_t)m->head_size; /* legacy RoPE tables */
   m->cls = h[5] > 0 ? m->emb : p;
   m->x = calloc(dim, sizeof(float));
@@ -86,8 +110,17 @@ PlainLlama* plain_llama_open(const char* path) {
 
 void plain_llama_close(PlainLlama* m) {
   if (!m) return;
-  free(m->file); free(m->x); free(m->xb); free(m->xb2); free(m->hb); free(m->hb2);
-  free(m->q); free(m->att); free(m->logits); free(m->key_cache); free(m->value_cache);
+  free(m->file);
+  free(m->x);
+  free(m->xb);
+  free(m->xb2);
+  free(m->hb);
+  free(m->hb2);
+  free(m->q);
+  free(m->att);
+  free(m->logits);
+  free(m->key_cache);
+  free(m->value_cache);
   free(m);
 }
 
@@ -113,7 +146,8 @@ const float* plain_llama_forward(PlainLlama* m, int token, int pos) {
       m->q[i] = a * c - b * s;
       m->q[i + 1] = a * s + b * c;
       if (i < kv_dim) {
-        a = k[i]; b = k[i + 1];
+        a = k[i];
+        b = k[i + 1];
         k[i] = a * c - b * s;
         k[i + 1] = a * s + b * c;
       }
@@ -123,7 +157,8 @@ const float* plain_llama_forward(PlainLlama* m, int token, int pos) {
       float* att = m->att + h * m->seq_len;
       const size_t kv_off = (size_t)(h / group) * (size_t)hs;
       for (int t = 0; t <= pos; t++) {
-        const float* kt = m->key_cache + (L * (size_t)m->seq_len + (size_t)t) * (size_t)kv_dim + kv_off;
+        const float* kt =
+            m->key_cache + (L * (size_t)m->seq_len + (size_t)t) * (size_t)kv_dim + kv_off;
         float score = 0.0f;
         for (int i = 0; i < hs; i++) score += qh[i] * kt[i];
         att[t] = score / sqrtf((float)hs);
@@ -132,7 +167,8 @@ const float* plain_llama_forward(PlainLlama* m, int token, int pos) {
       float* out = m->xb + h * hs;
       memset(out, 0, (size_t)hs * sizeof(float));
       for (int t = 0; t <= pos; t++) {
-        const float* vt = m->value_cache + (L * (size_t)m->seq_len + (size_t)t) * (size_t)kv_dim + kv_off;
+        const float* vt =
+            m->value_cache + (L * (size_t)m->seq_len + (size_t)t) * (size_t)kv_dim + kv_off;
         for (int i = 0; i < hs; i++) out[i] += att[t] * vt[i];
       }
     }

@@ -32,7 +32,10 @@ int main(int argc, char** argv) {
                                     random(config.kv_dim(), config.d_model, s),
                                     random(config.kv_dim(), config.d_model, s),
                                     random(config.d_model, config.q_dim(), s),
-                                    {}, {}, {}, {}};
+                                    {},
+                                    {},
+                                    {},
+                                    {}};
   kvattn::MultiHeadAttention<float> layer(config, std::move(w));
   const RowMatrix<float> x = random(n_tokens, config.d_model, 1.0f);  // [n_tokens x d_model]
 

@@ -12,9 +12,9 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <cstdlib>
 #include <iostream>
 #include <sstream>
 #include <string>
@@ -64,7 +64,8 @@ Options parse(int argc, char** argv) {
   Options o;
   if (argc < 2 || argv[1][0] == '-') usage(argv[0]);
   o.model = argv[1];
-  o.seed = static_cast<unsigned long long>(std::chrono::steady_clock::now().time_since_epoch().count());
+  o.seed =
+      static_cast<unsigned long long>(std::chrono::steady_clock::now().time_since_epoch().count());
   for (int i = 2; i < argc; ++i) {
     const std::string a = argv[i];
     auto value = [&]() -> const char* {
@@ -130,14 +131,16 @@ void save_generation(const std::string& path, const kvattn::LlamaState<float>& s
 }
 
 // Returns the tokens fed so far, followed by the next token.
-std::vector<int> load_generation(const std::string& path, kvattn::LlamaState<float>& state, long vocab) {
+std::vector<int> load_generation(const std::string& path, kvattn::LlamaState<float>& state,
+                                 long vocab) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw std::runtime_error(path + ": cannot open");
   kvattn::LlamaState<float> loaded = state.copy();
   loaded.load(in, path);
   int32_t n = 0;
   in.read(reinterpret_cast<char*>(&n), 4);
-  if (!in || n != loaded.pos() + 1) throw std::runtime_error(path + ": the token list does not match the state");
+  if (!in || n != loaded.pos() + 1)
+    throw std::runtime_error(path + ": the token list does not match the state");
   std::vector<int> tokens(static_cast<size_t>(n));
   in.read(reinterpret_cast<char*>(tokens.data()), std::streamsize(tokens.size() * 4));
   if (!in) throw std::runtime_error(path + ": truncated token list");
@@ -203,8 +206,8 @@ int main(int argc, char** argv) {
       std::fflush(stdout);
     };
 
-    long pos = 0;         // position of the last token fed
-    int next = 0;         // the token that follows it
+    long pos = 0;  // position of the last token fed
+    int next = 0;  // the token that follows it
     bool resumed = false;
     double prefill_s = 0;
     long n_prompt = 0;
@@ -231,7 +234,8 @@ int main(int argc, char** argv) {
       prefill_s = seconds_since(t_prefill);
       for (long p = 0; p + 1 < n_prompt; ++p) emit(prompt[size_t(p)], prompt[size_t(p + 1)]);
       pos = n_prompt - 1;
-      next = pos + 1 < long(prompt.size()) ? prompt[size_t(pos + 1)] : sampler.sample<float>(logits);
+      next =
+          pos + 1 < long(prompt.size()) ? prompt[size_t(pos + 1)] : sampler.sample<float>(logits);
     }
     const auto t_decode = Clock::now();
     long decoded = 0;
@@ -248,14 +252,16 @@ int main(int argc, char** argv) {
         logits = model.step(next, state);
       }
       ++decoded;
-      next = pos + 1 < long(prompt.size()) ? prompt[size_t(pos + 1)] : sampler.sample<float>(logits);
+      next =
+          pos + 1 < long(prompt.size()) ? prompt[size_t(pos + 1)] : sampler.sample<float>(logits);
     }
     if (!opt.save_state.empty()) save_generation(opt.save_state, state, sequence, next);
     const double decode_s = seconds_since(t_decode);
     if (!opt.print_ids) {
       std::printf("\n");
       std::fflush(stdout);
-      std::fprintf(stderr, "prefill: %ld tokens, %.1f tokens/s; decode: %ld tokens, %.1f tokens/s%s\n",
+      std::fprintf(stderr,
+                   "prefill: %ld tokens, %.1f tokens/s; decode: %ld tokens, %.1f tokens/s%s\n",
                    n_prompt, n_prompt / std::max(prefill_s, 1e-9), decoded,
                    decoded / std::max(decode_s, 1e-9), opt.no_cache ? " (no cache)" : "");
     }

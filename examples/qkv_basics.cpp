@@ -77,7 +77,6 @@ int main() {
             << "Only x3 is projected; its q attends over the 2 cached keys plus its own.\n\n";
   const Vector<double> y3 = layer.step(x3, cache);
   std::cout << "layer.step(x3) = " << y3.transpose() << "\n";
-  std::cout << "cache.size() = " << cache.size() << ", cache.keys(0) =\n"
-            << cache.keys(0) << "\n";
+  std::cout << "cache.size() = " << cache.size() << ", cache.keys(0) =\n" << cache.keys(0) << "\n";
   return 0;
 }

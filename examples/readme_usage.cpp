@@ -8,7 +8,7 @@ int main() {
   // Llama-style layer: 8 query heads share 2 KV heads (GQA), interleaved RoPE.
   AttentionConfig config{/*d_model=*/256, /*n_heads=*/8, /*n_kv_heads=*/2,
                          /*head_dim=*/32, RopeStyle::Interleaved};
-  AttentionWeights<float> w;                        // [out x in], as PyTorch stores them
+  AttentionWeights<float> w;                          // [out x in], as PyTorch stores them
   w.wq = RowMatrix<float>::Random(256, 256) * 0.05f;  // n_heads*head_dim x d_model
   w.wk = RowMatrix<float>::Random(64, 256) * 0.05f;   // n_kv_heads*head_dim x d_model
   w.wv = RowMatrix<float>::Random(64, 256) * 0.05f;

@@ -19,8 +19,7 @@ TYPED_TEST_SUITE(AttentionKernels, test::ScalarTypes);
 // Plain double loops: out_r = sum_j softmax_j(scale * q_r . k_j) v_j.
 static kvattn::RowMatrix<double> plain_attention(const kvattn::RowMatrix<double>& q,
                                                  const kvattn::RowMatrix<double>& k,
-                                                 const kvattn::RowMatrix<double>& v,
-                                                 double scale) {
+                                                 const kvattn::RowMatrix<double>& v, double scale) {
   kvattn::RowMatrix<double> out = kvattn::RowMatrix<double>::Zero(q.rows(), v.cols());
   for (Eigen::Index r = 0; r < q.rows(); ++r) {
     std::vector<double> s(static_cast<size_t>(k.rows()));
@@ -55,7 +54,8 @@ TYPED_TEST(AttentionKernels, DecodeMatchesPlainLoops) {
         scratch.reserve_decode(n_ctx, 1, group, head_dim);
         kvattn::RowMatrix<T> out(group, head_dim);
         const double scale = 1.0 / std::sqrt(double(head_dim));
-        kvattn::ops::attend_decode<T>(qt.data(), cache, n_ctx, group, T(scale), out.data(), scratch);
+        kvattn::ops::attend_decode<T>(qt.data(), cache, n_ctx, group, T(scale), out.data(),
+                                      scratch);
         EXPECT_TRUE(test::close(out, plain_attention(q, k, v, scale), test::tolerance<T>()))
             << "group " << group << " head_dim " << head_dim << " n_ctx " << n_ctx;
       }

@@ -31,5 +31,6 @@ TEST(Concurrency, SharedLayerOwnCachesMatchSerialRuns) {
   std::vector<std::thread> pool;
   for (int t = 0; t < kThreads; ++t) pool.emplace_back([&, t] { run(t, parallel[size_t(t)]); });
   for (std::thread& th : pool) th.join();
-  for (int t = 0; t < kThreads; ++t) EXPECT_EQ(parallel[size_t(t)], serial[size_t(t)]) << "thread " << t;
+  for (int t = 0; t < kThreads; ++t)
+    EXPECT_EQ(parallel[size_t(t)], serial[size_t(t)]) << "thread " << t;
 }

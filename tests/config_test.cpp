@@ -18,26 +18,42 @@ TEST(AttentionConfig, DerivedSizes) {
 }
 
 TEST(AttentionConfig, RejectsZeroSizes) {
-  test::expect_throw_with<std::invalid_argument>([] { AttentionConfig{0, 2, 2, 4}.validate(); },
-                                                 {"AttentionConfig", "d_model = 0", "> 0"});
-  test::expect_throw_with<std::invalid_argument>([] { AttentionConfig{8, 0, 1, 4}.validate(); },
-                                                 {"n_heads = 0"});
-  test::expect_throw_with<std::invalid_argument>([] { AttentionConfig{8, 2, 0, 4}.validate(); },
-                                                 {"n_kv_heads = 0"});
-  test::expect_throw_with<std::invalid_argument>([] { AttentionConfig{8, 2, 2, -1}.validate(); },
-                                                 {"head_dim = -1"});
+  test::expect_throw_with<std::invalid_argument>(
+      [] {
+        AttentionConfig{0, 2, 2, 4}.validate();
+      },
+      {"AttentionConfig", "d_model = 0", "> 0"});
+  test::expect_throw_with<std::invalid_argument>(
+      [] {
+        AttentionConfig{8, 0, 1, 4}.validate();
+      },
+      {"n_heads = 0"});
+  test::expect_throw_with<std::invalid_argument>(
+      [] {
+        AttentionConfig{8, 2, 0, 4}.validate();
+      },
+      {"n_kv_heads = 0"});
+  test::expect_throw_with<std::invalid_argument>(
+      [] {
+        AttentionConfig{8, 2, 2, -1}.validate();
+      },
+      {"head_dim = -1"});
 }
 
 TEST(AttentionConfig, RejectsHeadsNotAMultipleOfKVHeads) {
   test::expect_throw_with<std::invalid_argument>(
-      [] { AttentionConfig{8, 6, 4, 2}.validate(); },
+      [] {
+        AttentionConfig{8, 6, 4, 2}.validate();
+      },
       {"n_heads = 6", "not a multiple of n_kv_heads = 4"});
 }
 
 TEST(AttentionConfig, RejectsOddHeadDimOnlyWithRope) {
   EXPECT_NO_THROW((AttentionConfig{6, 2, 2, 3}.validate()));
   test::expect_throw_with<std::invalid_argument>(
-      [] { AttentionConfig{6, 2, 2, 3, RopeStyle::Interleaved}.validate(); },
+      [] {
+        AttentionConfig{6, 2, 2, 3, RopeStyle::Interleaved}.validate();
+      },
       {"head_dim = 3", "even"});
   test::expect_throw_with<std::invalid_argument>(
       [] { AttentionConfig{8, 2, 2, 4, RopeStyle::HalfSplit, -1.0}.validate(); },

@@ -124,13 +124,15 @@ TEST(FailureInjection, AppendForwardAndStepKeepTheCache) {
   EXPECT_GT(failures, 0);
   kvattn::AttentionWorkspace<float> ws;
   kvattn::RowMatrix<float> y(40, 32);
-  failures = fail_each_allocation([&] { layer.forward(x.middleRows(5, 40), cache, y, ws); }, unchanged);
+  failures =
+      fail_each_allocation([&] { layer.forward(x.middleRows(5, 40), cache, y, ws); }, unchanged);
   EXPECT_GT(failures, 0);  // the workspace grew and the matrix products allocated
   EXPECT_EQ(cache.size(), 45);
   cache.truncate(5);
   kvattn::AttentionWorkspace<float> ws2;
   kvattn::Vector<float> y1(32);
-  failures = fail_each_allocation([&] { layer.step(x.row(5).transpose(), cache, y1, ws2); }, unchanged);
+  failures =
+      fail_each_allocation([&] { layer.step(x.row(5).transpose(), cache, y1, ws2); }, unchanged);
   EXPECT_GT(failures, 0);
   EXPECT_EQ(cache.size(), 6);
   // And the results are those of an undisturbed run.
@@ -192,14 +194,19 @@ TEST(FailureInjection, LlamaPrefillAndStepKeepTheState) {
   };
   kvattn::Vector<float> logits;
   const long failures = fail_each_allocation(
-      [&] { logits = model.prefill({4, 5, 6, 7, 8, 9, 10, 11}, state); }, unchanged);
+      [&] {
+        logits = model.prefill({4, 5, 6, 7, 8, 9, 10, 11}, state);
+      },
+      unchanged);
   EXPECT_GT(failures, 0);
   EXPECT_EQ(state.pos(), 11);
   EXPECT_TRUE(logits.allFinite());
   const kvattn::LlamaState<float> after_prefill = state.copy();
   kvattn::RowMatrix<float> all;
   const long forward_failures = fail_each_allocation(
-      [&] { all = model.forward({12, 13, 14, 15, 16, 17}, state); },
+      [&] {
+        all = model.forward({12, 13, 14, 15, 16, 17}, state);
+      },
       [&] {
         ASSERT_EQ(state.pos(), after_prefill.pos());
         for (Eigen::Index l = 0; l < 2; ++l) expect_equal(state.cache(l), after_prefill.cache(l));

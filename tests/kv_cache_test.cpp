@@ -74,7 +74,9 @@ TYPED_TEST(KVCacheTest, OverflowThrowsLengthErrorAndKeepsContents) {
   cache.append(rows<T>({{1, 2}, {3, 4}}), rows<T>({{5, 6}, {7, 8}}));
   const KVCache<T> before = cache.copy();
   test::expect_throw_with<std::length_error>(
-      [&] { cache.append(rows<T>({{9, 9}, {9, 9}}), rows<T>({{9, 9}, {9, 9}})); },
+      [&] {
+        cache.append(rows<T>({{9, 9}, {9, 9}}), rows<T>({{9, 9}, {9, 9}}));
+      },
       {"KVCache::append", "appending 2 tokens to 2 cached exceeds capacity = 3"});
   EXPECT_EQ(cache.size(), 2);
   for (Eigen::Index h = 0; h < 2; ++h) {
@@ -116,8 +118,7 @@ TEST(KVCacheErrors, ConstructorRejectsImpossibleSizes) {
   test::expect_throw_with<std::invalid_argument>([] { KVCache<float>(1, 0, 4); }, {"head_dim = 0"});
   test::expect_throw_with<std::invalid_argument>([] { KVCache<float>(1, 4, 0); }, {"capacity = 0"});
   test::expect_throw_with<std::length_error>(
-      [] { KVCache<float>(Eigen::Index(1) << 40, Eigen::Index(1) << 20, 1 << 10); },
-      {"too large"});
+      [] { KVCache<float>(Eigen::Index(1) << 40, Eigen::Index(1) << 20, 1 << 10); }, {"too large"});
 }
 
 TEST(KVCacheOwnership, CopyIsDeepAndMoveTransfers) {

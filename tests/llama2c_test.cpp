@@ -127,7 +127,8 @@ TEST_F(TempFiles, CorruptCheckpointsAreRejectedWithTheirProblem) {
   const std::string zeros = write("zeros.bin", std::string(4412, '\0'));
   test::expect_throw_with<E>([&] { kvattn::read_llama2c_checkpoint<float>(zeros); },
                              {zeros, "header field dim = 0"});
-  const std::string gqa = write("gqa.bin", header({8, 12, 2, 3, 2, 5, 4}) + std::string(4000, '\0'));
+  const std::string gqa =
+      write("gqa.bin", header({8, 12, 2, 3, 2, 5, 4}) + std::string(4000, '\0'));
   test::expect_throw_with<E>([&] { kvattn::read_llama2c_checkpoint<float>(gqa); },
                              {"n_heads = 3 is not a multiple of n_kv_heads = 2"});
   const std::string huge = write("huge.bin", header({1 << 30, 12, 2, 2, 1, 5, 4}));

@@ -26,7 +26,8 @@ inline LlamaFile read_llama(const std::string& path) {
   if (!in) throw std::runtime_error("reference: cannot open " + path);
   int32_t h[7];
   in.read(reinterpret_cast<char*>(h), sizeof h);
-  LlamaFile f{h[0], h[1], h[2], h[3], h[4], std::abs(h[5]), h[6], h[5] > 0, {}, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+  LlamaFile f{h[0], h[1], h[2], h[3], h[4], std::abs(h[5]), h[6], h[5] > 0, {}, 0, 0, 0, 0, 0, 0, 0,
+              0,    0,    0,    0,    0};
   std::vector<float> raw;
   float v;
   while (in.read(reinterpret_cast<char*>(&v), sizeof v)) raw.push_back(v);
@@ -34,7 +35,11 @@ inline LlamaFile read_llama(const std::string& path) {
   const size_t dim = size_t(f.dim), hs = dim / size_t(f.heads), kv = size_t(f.kv_heads) * hs;
   const size_t L = size_t(f.layers), hid = size_t(f.hidden), voc = size_t(f.vocab);
   size_t o = 0;
-  auto take = [&](size_t n) { const size_t at = o; o += n; return at; };
+  auto take = [&](size_t n) {
+    const size_t at = o;
+    o += n;
+    return at;
+  };
   f.emb = take(voc * dim);
   f.rms_att = take(L * dim);
   f.wq = take(L * dim * dim);
@@ -73,9 +78,11 @@ inline std::vector<double> rmsnorm(const LlamaFile& f, size_t at, const std::vec
   return y;
 }
 
-inline std::vector<std::vector<double>> llama_logits(const LlamaFile& f, const std::vector<int>& tokens) {
+inline std::vector<std::vector<double>> llama_logits(const LlamaFile& f,
+                                                     const std::vector<int>& tokens) {
   const size_t n = tokens.size(), dim = size_t(f.dim), hs = dim / size_t(f.heads);
-  const size_t kv = size_t(f.kv_heads) * hs, hid = size_t(f.hidden), group = size_t(f.heads / f.kv_heads);
+  const size_t kv = size_t(f.kv_heads) * hs, hid = size_t(f.hidden),
+               group = size_t(f.heads / f.kv_heads);
   std::vector<std::vector<double>> x(n);
   for (size_t t = 0; t < n; ++t) {
     x[t].assign(f.w.begin() + long(f.emb + size_t(tokens[t]) * dim),

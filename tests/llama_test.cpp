@@ -40,7 +40,9 @@ struct ModelCase {
   const char* file;
   size_t positions;
 };
-void PrintTo(const ModelCase& c, std::ostream* os) { *os << c.file << ", " << c.positions << " positions"; }
+void PrintTo(const ModelCase& c, std::ostream* os) {
+  *os << c.file << ", " << c.positions << " positions";
+}
 
 }  // namespace
 
@@ -67,10 +69,13 @@ TEST_P(RealCheckpoint, MatchesPlainReference) {
     }
   }
   EXPECT_LE(worst, 1e-4) << "largest logit difference over the first 32 positions";
-  std::printf("[ info     ] %s: largest |logit - reference| over 32 positions: %.3g; %zu greedy tokens compared\n",
-              mc.file, worst, ref.size());
+  std::printf(
+      "[ info     ] %s: largest |logit - reference| over 32 positions: %.3g; %zu greedy tokens "
+      "compared\n",
+      mc.file, worst, ref.size());
   for (size_t t = 0; t < ref.size(); ++t) {
-    const size_t ref_choice = size_t(std::max_element(ref[t].begin(), ref[t].end()) - ref[t].begin());
+    const size_t ref_choice =
+        size_t(std::max_element(ref[t].begin(), ref[t].end()) - ref[t].begin());
     ASSERT_EQ(int(ref_choice), run.tokens[t + 1]) << "greedy tokens differ at position " << t;
   }
 }
@@ -135,7 +140,9 @@ TEST(RealCheckpointText, BadTokensAndOverflowLeaveTheStateUntouched) {
   const kvattn::Vector<float> first = model.prefill({1, 400, 401}, state);
   const LlamaState<float> before = state.copy();
   test::expect_throw_with<std::invalid_argument>(
-      [&] { model.prefill({5, 512}, state); },
+      [&] {
+        model.prefill({5, 512}, state);
+      },
       {"Llama::prefill: tokens[1] = 512", "vocab_size = 512"});
   test::expect_throw_with<std::invalid_argument>([&] { model.step(-1, state); },
                                                  {"Llama::step: tokens[0] = -1"});

@@ -19,10 +19,10 @@ inline bool have_models() {
 
 }  // namespace test
 
-#define KVATTN_REQUIRE_MODELS()                                                           \
-  do {                                                                                    \
-    if (!test::have_models()) {                                                           \
-      GTEST_SKIP() << "shared checkpoints not found in " << test::models_dir()            \
-                   << " (aidreams260K.bin, stories260K.bin, tok512.bin); skipping";       \
-    }                                                                                     \
+#define KVATTN_REQUIRE_MODELS()                                                     \
+  do {                                                                              \
+    if (!test::have_models()) {                                                     \
+      GTEST_SKIP() << "shared checkpoints not found in " << test::models_dir()      \
+                   << " (aidreams260K.bin, stories260K.bin, tok512.bin); skipping"; \
+    }                                                                               \
   } while (false)

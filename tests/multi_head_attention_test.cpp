@@ -190,12 +190,19 @@ TEST(MHAErrors, ConstructorRejectsImpossibleConfigsAndWeights) {
   const AttentionConfig c{8, 4, 2, 2};
   const AttentionWeights<float> w = test::random_weights<float>(c, rng);
   test::expect_throw_with<std::invalid_argument>(
-      [&] { MultiHeadAttention<float>(AttentionConfig{8, 4, 3, 2}, w); },
+      [&] {
+        MultiHeadAttention<float>(AttentionConfig{8, 4, 3, 2}, w);
+      },
       {"n_heads = 4 is not a multiple of n_kv_heads = 3"});
   test::expect_throw_with<std::invalid_argument>(
-      [&] { MultiHeadAttention<float>(AttentionConfig{8, 4, 2, 0}, w); }, {"head_dim = 0"});
+      [&] {
+        MultiHeadAttention<float>(AttentionConfig{8, 4, 2, 0}, w);
+      },
+      {"head_dim = 0"});
   test::expect_throw_with<std::invalid_argument>(
-      [&] { MultiHeadAttention<float>(AttentionConfig{12, 4, 2, 3, RopeStyle::Interleaved}, w); },
+      [&] {
+        MultiHeadAttention<float>(AttentionConfig{12, 4, 2, 3, RopeStyle::Interleaved}, w);
+      },
       {"head_dim = 3", "even"});
   AttentionWeights<float> bad = w;
   bad.wo = kvattn::RowMatrix<float>::Zero(8, 6);
@@ -256,8 +263,8 @@ TEST(MHAErrors, FailedCallsLeaveTheCacheUntouched) {
   // Still usable: the fifth token gives what an uninterrupted run gives.
   KVCache<float> clean = layer.make_cache(6);
   const kvattn::RowMatrix<float> expected = layer.forward(x, clean);
-  EXPECT_TRUE(test::close(layer.step(x.row(4).transpose(), cache), expected.row(4).transpose(),
-                          1e-6));
+  EXPECT_TRUE(
+      test::close(layer.step(x.row(4).transpose(), cache), expected.row(4).transpose(), 1e-6));
 }
 
 TEST(MHAWorkspace, SharedConstLayerWithOwnWorkspaces) {

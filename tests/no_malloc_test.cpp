@@ -8,8 +8,8 @@
 #include <new>
 
 static std::atomic<int> g_eigen_violations{0};
-#define eigen_assert(x)                     \
-  do {                                      \
+#define eigen_assert(x)                        \
+  do {                                         \
     if (!(x)) g_eigen_violations.fetch_add(1); \
   } while (false)
 

@@ -94,11 +94,11 @@ TYPED_TEST(Projection, QKVHandComputed) {
 TYPED_TEST(Projection, ShapesAndValuesForMhaGqaMqa) {
   using T = TypeParam;
   std::mt19937 rng(11);
-  for (const AttentionConfig& c : {AttentionConfig{24, 4, 4, 6}, AttentionConfig{24, 4, 2, 6},
-                                   AttentionConfig{24, 4, 1, 6}}) {
+  for (const AttentionConfig& c :
+       {AttentionConfig{24, 4, 4, 6}, AttentionConfig{24, 4, 2, 6}, AttentionConfig{24, 4, 1, 6}}) {
     const kvattn::AttentionWeights<double> w = test::random_weights<double>(c, rng, true);
-    const QKVProjection<T> proj(c, w.wq.cast<T>(), w.wk.cast<T>(), w.wv.cast<T>(),
-                                w.bq.cast<T>(), w.bk.cast<T>(), w.bv.cast<T>());
+    const QKVProjection<T> proj(c, w.wq.cast<T>(), w.wk.cast<T>(), w.wv.cast<T>(), w.bq.cast<T>(),
+                                w.bk.cast<T>(), w.bv.cast<T>());
     EXPECT_EQ(proj.q_dim(), c.n_heads * c.head_dim);
     EXPECT_EQ(proj.kv_dim(), c.n_kv_heads * c.head_dim);
     const kvattn::RowMatrix<double> x = test::random_matrix<double>(5, c.d_model, rng);
@@ -143,10 +143,15 @@ TEST(QKVProjectionErrors, WeightShapesMustMatchTheConfig) {
       [&] { QKVProjection<float>(c, wq, wkv, kvattn::RowMatrix<float>::Ones(4, 9)); },
       {"wv has shape 4x9"});
   test::expect_throw_with<std::invalid_argument>(
-      [&] { QKVProjection<float>(c, wq, wkv, wkv, kvattn::Vector<float>(), kvattn::Vector<float>::Ones(3)); },
+      [&] {
+        QKVProjection<float>(c, wq, wkv, wkv, kvattn::Vector<float>(),
+                             kvattn::Vector<float>::Ones(3));
+      },
       {"bk has 3 elements, expected n_kv_heads*head_dim = 4"});
   test::expect_throw_with<std::invalid_argument>(
-      [&] { QKVProjection<float>(AttentionConfig{8, 3, 2, 2}, wq, wkv, wkv); },
+      [&] {
+        QKVProjection<float>(AttentionConfig{8, 3, 2, 2}, wq, wkv, wkv);
+      },
       {"n_heads = 3 is not a multiple of n_kv_heads = 2"});
   const QKVProjection<float> proj(c, wq, wkv, wkv);
   test::expect_throw_with<std::invalid_argument>(

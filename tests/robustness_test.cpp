@@ -11,13 +11,15 @@
 using kvattn::AttentionConfig;
 
 namespace {
-kvattn::RowMatrix<double> run_layer(const AttentionConfig& c, const kvattn::AttentionWeights<double>& w,
+kvattn::RowMatrix<double> run_layer(const AttentionConfig& c,
+                                    const kvattn::AttentionWeights<double>& w,
                                     const kvattn::RowMatrix<double>& x, bool stepwise) {
   kvattn::MultiHeadAttention<double> layer(c, w);
   kvattn::KVCache<double> cache = layer.make_cache(x.rows());
   if (!stepwise) return layer.forward(x, cache);
   kvattn::RowMatrix<double> y(x.rows(), c.d_model);
-  for (Eigen::Index t = 0; t < x.rows(); ++t) y.row(t) = layer.step(x.row(t).transpose(), cache).transpose();
+  for (Eigen::Index t = 0; t < x.rows(); ++t)
+    y.row(t) = layer.step(x.row(t).transpose(), cache).transpose();
   return y;
 }
 }  // namespace
@@ -80,6 +82,7 @@ TEST(Robustness, NanPropagatesToExactlyTheAffectedOutputs) {
     const kvattn::RowMatrix<double> y = run_layer(c, w, x, stepwise);
     EXPECT_TRUE(y.topRows(6).allFinite());
     EXPECT_TRUE(test::close(y.topRows(6), reference::attention(c, w, x.topRows(6)), 1e-12));
-    for (Eigen::Index t = 6; t < 10; ++t) EXPECT_TRUE(y.row(t).array().isNaN().all()) << "token " << t;
+    for (Eigen::Index t = 6; t < 10; ++t)
+      EXPECT_TRUE(y.row(t).array().isNaN().all()) << "token " << t;
   }
 }

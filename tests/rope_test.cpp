@@ -65,12 +65,12 @@ TYPED_TEST(Rope, BatchMatchesReferenceAtEveryPosition) {
     kvattn::RowMatrix<T> y = x.cast<T>();
     RotaryEmbedding<T>(head_dim, style, 10000.0).apply(y, first);
     for (Eigen::Index r = 0; r < n; ++r) {
-      const reference::Vec expected = reference::rope(x.row(r).transpose(), head_dim, style,
-                                                      10000.0, first + r);
+      const reference::Vec expected =
+          reference::rope(x.row(r).transpose(), head_dim, style, 10000.0, first + r);
       // The angle first+r is up to ~1e3 rad: float rounding of cos/sin inputs
       // is not the point here, so compare at the precision of T's trig.
-      EXPECT_TRUE(test::close(y.row(r).transpose(), expected,
-                              std::is_same<T, float>::value ? 2e-6 : 1e-12))
+      EXPECT_TRUE(
+          test::close(y.row(r).transpose(), expected, std::is_same<T, float>::value ? 2e-6 : 1e-12))
           << "row " << r << " style " << kvattn::to_string(style);
     }
   }
@@ -108,8 +108,8 @@ TYPED_TEST(Rope, DotProductDependsOnlyOnRelativePosition) {
 TEST(RopeErrors, RejectsBadArguments) {
   test::expect_throw_with<std::invalid_argument>(
       [] { RotaryEmbedding<float>(5, RopeStyle::Interleaved); }, {"head_dim = 5", "even"});
-  test::expect_throw_with<std::invalid_argument>(
-      [] { RotaryEmbedding<float>(0, RopeStyle::None); }, {"head_dim = 0"});
+  test::expect_throw_with<std::invalid_argument>([] { RotaryEmbedding<float>(0, RopeStyle::None); },
+                                                 {"head_dim = 0"});
   test::expect_throw_with<std::invalid_argument>(
       [] { RotaryEmbedding<float>(4, RopeStyle::HalfSplit, 0.0); }, {"theta = 0"});
   const RotaryEmbedding<float> rope(4, RopeStyle::Interleaved);

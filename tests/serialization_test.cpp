@@ -20,7 +20,8 @@ KVCache<float, Storage> filled(Eigen::Index n_kv, Eigen::Index hd, Eigen::Index 
                                uint32_t seed) {
   std::mt19937 rng(seed);
   KVCache<float, Storage> c(n_kv, hd, cap);
-  c.append(test::random_matrix<float>(n, n_kv * hd, rng), test::random_matrix<float>(n, n_kv * hd, rng));
+  c.append(test::random_matrix<float>(n, n_kv * hd, rng),
+           test::random_matrix<float>(n, n_kv * hd, rng));
   return c;
 }
 
@@ -112,9 +113,9 @@ TEST(SerializationErrors, ForeignAndMismatchedInputsAreNamed) {
   KVCache<float> other_heads(1, 4, 8), other_dim(2, 8, 8), small(2, 4, 5);
   KVCache<float, Eigen::half> other_storage(2, 4, 8);
   KVCache<double> other_compute(2, 4, 8);
-  test::expect_throw_with<std::runtime_error>([&] { load_into(other_heads, bytes); },
-                                              {"state.bin: holds n_kv_heads = 2, head_dim = 4",
-                                               "expected n_kv_heads = 1, head_dim = 4"});
+  test::expect_throw_with<std::runtime_error>(
+      [&] { load_into(other_heads, bytes); },
+      {"state.bin: holds n_kv_heads = 2, head_dim = 4", "expected n_kv_heads = 1, head_dim = 4"});
   test::expect_throw_with<std::runtime_error>([&] { load_into(other_dim, bytes); },
                                               {"expected n_kv_heads = 2, head_dim = 8"});
   test::expect_throw_with<std::runtime_error>([&] { load_into(small, bytes); },
@@ -123,8 +124,8 @@ TEST(SerializationErrors, ForeignAndMismatchedInputsAreNamed) {
                                               {"storage type 1", "(f16)"});
   test::expect_throw_with<std::runtime_error>([&] { load_into(other_compute, bytes); },
                                               {"compute type 1"});
-  test::expect_throw_with<std::runtime_error>(
-      [&] { load_into(small, std::string(100, 'x')); }, {"state.bin: not a kvattn cache file"});
+  test::expect_throw_with<std::runtime_error>([&] { load_into(small, std::string(100, 'x')); },
+                                              {"state.bin: not a kvattn cache file"});
   test::expect_throw_with<std::runtime_error>([&] { load_into(small, "KVATTN"); },
                                               {"truncated: shorter than the 64-byte header"});
   std::string v2 = bytes;
@@ -149,6 +150,7 @@ TEST(SerializationFiles, SaveReplacesAtomicallyAndLoadNamesThePath) {
   kvattn::load_file(loaded, path);
   expect_same(loaded, second);
   test::expect_throw_with<std::runtime_error>(
-      [&] { kvattn::load_file(loaded, (dir / "missing.bin").string()); }, {"missing.bin: cannot open"});
+      [&] { kvattn::load_file(loaded, (dir / "missing.bin").string()); },
+      {"missing.bin: cannot open"});
   std::filesystem::remove_all(dir);
 }

@@ -77,7 +77,8 @@ double relative_error(const kvattn::AttentionConfig& c, std::mt19937& rng) {
   auto run = [&](auto cache) {
     kvattn::RowMatrix<float> y(300, c.d_model);
     y.topRows(100) = layer.forward(x.topRows(100), cache);
-    for (Eigen::Index t = 100; t < 300; ++t) y.row(t) = layer.step(x.row(t).transpose(), cache).transpose();
+    for (Eigen::Index t = 100; t < 300; ++t)
+      y.row(t) = layer.step(x.row(t).transpose(), cache).transpose();
     return y;
   };
   const kvattn::RowMatrix<float> exact = run(layer.make_cache(300));
@@ -151,13 +152,17 @@ TEST(Storage, RealCheckpointGreedyTokensWith16BitCaches) {
     while (until_tie < exact.tokens.size() && exact.margins[until_tie - 1] >= kTie) ++until_tie;
     const size_t required = whole ? exact.tokens.size() : until_tie;
     EXPECT_GE(required, 33u);
-    const size_t bf16 = common_prefix(greedy_tokens<Eigen::bfloat16>(model, positions).tokens, exact.tokens);
-    const size_t f16 = common_prefix(greedy_tokens<Eigen::half>(model, positions).tokens, exact.tokens);
-    const size_t i8 = common_prefix(greedy_tokens<std::int8_t>(model, positions).tokens, exact.tokens);
+    const size_t bf16 =
+        common_prefix(greedy_tokens<Eigen::bfloat16>(model, positions).tokens, exact.tokens);
+    const size_t f16 =
+        common_prefix(greedy_tokens<Eigen::half>(model, positions).tokens, exact.tokens);
+    const size_t i8 =
+        common_prefix(greedy_tokens<std::int8_t>(model, positions).tokens, exact.tokens);
     EXPECT_GE(bf16, required);
     EXPECT_GE(f16, required);
-    std::printf("[ info     ] %s: of %zu tokens, the first near-tie (margin < %.2f) is at %zu; "
-                "bf16 agrees for %zu, f16 for %zu, int8 for %zu\n",
-                file, exact.tokens.size(), double(kTie), until_tie, bf16, f16, i8);
+    std::printf(
+        "[ info     ] %s: of %zu tokens, the first near-tie (margin < %.2f) is at %zu; "
+        "bf16 agrees for %zu, f16 for %zu, int8 for %zu\n",
+        file, exact.tokens.size(), double(kTie), until_tie, bf16, f16, i8);
   }
 }

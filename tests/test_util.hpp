@@ -67,8 +67,8 @@ template <class A, class B>
 ::testing::AssertionResult close(const Eigen::MatrixBase<A>& a, const Eigen::MatrixBase<B>& b,
                                  double tol) {
   if (a.rows() != b.rows() || a.cols() != b.cols()) {
-    return ::testing::AssertionFailure() << "shape " << a.rows() << "x" << a.cols() << " vs "
-                                         << b.rows() << "x" << b.cols();
+    return ::testing::AssertionFailure()
+           << "shape " << a.rows() << "x" << a.cols() << " vs " << b.rows() << "x" << b.cols();
   }
   const auto ad = a.template cast<double>().eval();
   const auto bd = b.template cast<double>().eval();
@@ -95,7 +95,8 @@ void expect_throw_with(F&& call, std::initializer_list<std::string> parts) {
   } catch (const E& e) {
     const std::string what = e.what();
     for (const std::string& p : parts) {
-      EXPECT_NE(what.find(p), std::string::npos) << "message \"" << what << "\" lacks \"" << p << "\"";
+      EXPECT_NE(what.find(p), std::string::npos)
+          << "message \"" << what << "\" lacks \"" << p << "\"";
     }
   } catch (const std::exception& e) {
     ADD_FAILURE() << "wrong exception type, message: " << e.what();

@@ -76,7 +76,10 @@ TEST(Tokenizer, DecodeOfEncodeRoundTrips) {
 
 TEST(Tokenizer, RejectsBadInput) {
   test::expect_throw_with<std::invalid_argument>(
-      [] { Tokenizer({"a", "b"}, {0.0f}); }, {"Tokenizer: scores has 1 elements", "= 2"});
+      [] {
+        Tokenizer({"a", "b"}, {0.0f});
+      },
+      {"Tokenizer: scores has 1 elements", "= 2"});
   const Tokenizer tok = small_tokenizer({});
   test::expect_throw_with<std::invalid_argument>([&] { (void)tok.decode(1, 259); },
                                                  {"Tokenizer::decode: token = 259"});

@@ -20,9 +20,12 @@ enum class RopeStyle {
 /// Printable name of a RopeStyle.
 inline const char* to_string(RopeStyle style) {
   switch (style) {
-    case RopeStyle::None: return "None";
-    case RopeStyle::Interleaved: return "Interleaved";
-    case RopeStyle::HalfSplit: return "HalfSplit";
+    case RopeStyle::None:
+      return "None";
+    case RopeStyle::Interleaved:
+      return "Interleaved";
+    case RopeStyle::HalfSplit:
+      return "HalfSplit";
   }
   return "?";
 }
@@ -38,12 +41,16 @@ struct AttentionConfig {
   Eigen::Index n_kv_heads = 0;  ///< key/value heads; divides n_heads
   Eigen::Index head_dim = 0;    ///< features per head; even when rope != None
   RopeStyle rope = RopeStyle::None;
-  double rope_theta = 10000.0;  ///< RoPE base: pair i at position p turns by p * theta^(-2i/head_dim)
-  std::optional<double> score_scale = std::nullopt;  ///< scores are scale * q.k; default 1/sqrt(head_dim)
+  double rope_theta =
+      10000.0;  ///< RoPE base: pair i at position p turns by p * theta^(-2i/head_dim)
+  std::optional<double> score_scale =
+      std::nullopt;  ///< scores are scale * q.k; default 1/sqrt(head_dim)
 
   Eigen::Index group_size() const { return n_heads / n_kv_heads; }
-  Eigen::Index q_dim() const { return n_heads * head_dim; }      ///< width of q: n_heads*head_dim
-  Eigen::Index kv_dim() const { return n_kv_heads * head_dim; }  ///< width of k and v: n_kv_heads*head_dim
+  Eigen::Index q_dim() const { return n_heads * head_dim; }  ///< width of q: n_heads*head_dim
+  Eigen::Index kv_dim() const {
+    return n_kv_heads * head_dim;
+  }  ///< width of k and v: n_kv_heads*head_dim
   double scale() const {
     return score_scale ? *score_scale : 1.0 / std::sqrt(static_cast<double>(head_dim));
   }
@@ -56,8 +63,8 @@ struct AttentionConfig {
     detail::check_arg(n_kv_heads > 0, fn, "n_kv_heads", n_kv_heads, "> 0");
     detail::check_arg(head_dim > 0, fn, "head_dim", head_dim, "> 0");
     if (n_heads % n_kv_heads != 0) {
-      throw std::invalid_argument(detail::concat(fn, ": n_heads = ", n_heads,
-                                                 " is not a multiple of n_kv_heads = ", n_kv_heads));
+      throw std::invalid_argument(detail::concat(
+          fn, ": n_heads = ", n_heads, " is not a multiple of n_kv_heads = ", n_kv_heads));
     }
     if (rope != RopeStyle::None) {
       detail::check_arg(head_dim % 2 == 0, fn, "head_dim", head_dim, "even when rope is enabled");

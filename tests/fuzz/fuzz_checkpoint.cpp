@@ -12,7 +12,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {
     kvattn::Llama<float> model(kvattn::read_llama2c_checkpoint<float>(in, size, "fuzz.bin"));
     kvattn::LlamaState<float> state = model.make_state(2);
-    const kvattn::Vector<float> logits = model.prefill({0, int(model.config().vocab_size - 1)}, state);
+    const kvattn::Vector<float> logits =
+        model.prefill({0, int(model.config().vocab_size - 1)}, state);
     if (logits.size() != model.config().vocab_size) __builtin_trap();
   } catch (const std::runtime_error&) {
   }

@@ -13,7 +13,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string file(reinterpret_cast<const char*>(data + 2), size - 2);
   std::istringstream in(file);
   try {
-    const kvattn::Tokenizer tok = kvattn::read_llama2c_tokenizer(in, file.size(), "fuzz.bin", vocab);
+    const kvattn::Tokenizer tok =
+        kvattn::read_llama2c_tokenizer(in, file.size(), "fuzz.bin", vocab);
     const std::vector<int> ids = tok.encode(file.substr(0, 256));
     for (int id : ids) {
       if (id < 0 || id >= tok.vocab_size()) __builtin_trap();

@@ -15,7 +15,9 @@
 
 namespace fs = std::filesystem;
 
-static void put(std::string& s, const void* p, size_t n) { s.append(static_cast<const char*>(p), n); }
+static void put(std::string& s, const void* p, size_t n) {
+  s.append(static_cast<const char*>(p), n);
+}
 
 int main(int argc, char** argv) {
   if (argc < 2) return 2;

@@ -21,8 +21,8 @@
 
 #include <cstring>
 #include <limits>
-#include <type_traits>
 #include <stdexcept>
+#include <type_traits>
 #include <utility>
 
 namespace kvattn {
@@ -45,8 +45,8 @@ class KVCache {
     detail::check_arg(n_kv_heads > 0, fn, "n_kv_heads", n_kv_heads, "> 0");
     detail::check_arg(head_dim > 0, fn, "head_dim", head_dim, "> 0");
     detail::check_arg(capacity > 0, fn, "capacity", capacity, "> 0");
-    const Eigen::Index limit =
-        std::numeric_limits<Eigen::Index>::max() / static_cast<Eigen::Index>(sizeof(T) + sizeof(Storage));
+    const Eigen::Index limit = std::numeric_limits<Eigen::Index>::max() /
+                               static_cast<Eigen::Index>(sizeof(T) + sizeof(Storage));
     if (n_kv_heads > limit / head_dim || n_kv_heads * head_dim > limit / capacity) {
       throw std::length_error(detail::concat(fn, ": n_kv_heads*head_dim*capacity = ", n_kv_heads,
                                              "*", head_dim, "*", capacity, " is too large"));
@@ -101,7 +101,9 @@ class KVCache {
   Eigen::Index kv_dim() const { return n_kv_heads_ * head_dim_; }  ///< width of a k or v row
   /// Bytes stored per cached token (keys, values and int8 scales of every head).
   Eigen::Index bytes_per_token() const {
-    return 2 * n_kv_heads_ * (head_dim_ * Eigen::Index(sizeof(Storage)) + (is_quantized ? Eigen::Index(sizeof(T)) : 0));
+    return 2 * n_kv_heads_ *
+           (head_dim_ * Eigen::Index(sizeof(Storage)) +
+            (is_quantized ? Eigen::Index(sizeof(T)) : 0));
   }
 
   /// Appends n tokens. k, v: [n x n_kv_heads*head_dim], token per row, heads
@@ -113,17 +115,19 @@ class KVCache {
     detail::check_cols(fn, "k", k.cols(), "n_kv_heads*head_dim", kv_dim());
     detail::check_cols(fn, "v", v.cols(), "n_kv_heads*head_dim", kv_dim());
     if (k.rows() != v.rows()) {
-      throw std::invalid_argument(detail::concat(fn, ": v has ", v.rows(),
-                                                 " rows, expected the rows of k = ", k.rows()));
+      throw std::invalid_argument(
+          detail::concat(fn, ": v has ", v.rows(), " rows, expected the rows of k = ", k.rows()));
     }
     check_room(fn, k.rows());
     const Eigen::Index n = k.rows();
     for (Eigen::Index h = 0; h < n_kv_heads_; ++h) {
       for (Eigen::Index i = 0; i < n; ++i) {
         const Eigen::Index row = h * capacity_ + size_ + i;  // token size_+i of head h
-        detail::encode_row<T, Storage>(k.data() + i * k.outerStride() + h * head_dim_, head_dim_, k_.data() + row * head_dim_,
+        detail::encode_row<T, Storage>(k.data() + i * k.outerStride() + h * head_dim_, head_dim_,
+                                       k_.data() + row * head_dim_,
                                        is_quantized ? k_scale_.data() + row : nullptr);
-        detail::encode_row<T, Storage>(v.data() + i * v.outerStride() + h * head_dim_, head_dim_, v_.data() + row * head_dim_,
+        detail::encode_row<T, Storage>(v.data() + i * v.outerStride() + h * head_dim_, head_dim_,
+                                       v_.data() + row * head_dim_,
                                        is_quantized ? v_scale_.data() + row : nullptr);
       }
     }
@@ -138,9 +142,13 @@ class KVCache {
 
   /// int8 storage only: the scale of each cached key row of head h, [size()];
   /// key j reads back as keys(h).row(j) * key_scales(h)(j).
-  Eigen::Map<const Vector<T>> key_scales(Eigen::Index h) const { return scales(k_scale_, h, "KVCache::key_scales"); }
+  Eigen::Map<const Vector<T>> key_scales(Eigen::Index h) const {
+    return scales(k_scale_, h, "KVCache::key_scales");
+  }
   /// int8 storage only: the scale of each cached value row of head h, [size()].
-  Eigen::Map<const Vector<T>> value_scales(Eigen::Index h) const { return scales(v_scale_, h, "KVCache::value_scales"); }
+  Eigen::Map<const Vector<T>> value_scales(Eigen::Index h) const {
+    return scales(v_scale_, h, "KVCache::value_scales");
+  }
 
   /// Rows [first, first+n) of head h's keys in the compute type, row-major
   /// [n x head_dim]: a pointer into the cache when Storage is T, else the rows
@@ -228,8 +236,8 @@ class KVCache {
       (void)buf;
       return src;
     } else {
-      detail::decode_rows<T, Storage>(src, is_quantized ? s.data() + h * capacity_ + first : nullptr,
-                                      n, head_dim_, buf);
+      detail::decode_rows<T, Storage>(
+          src, is_quantized ? s.data() + h * capacity_ + first : nullptr, n, head_dim_, buf);
       return buf;
     }
   }

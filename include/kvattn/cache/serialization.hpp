@@ -75,11 +75,16 @@ inline uint32_t crc32c(const void* data, size_t n) {
 
 template <class S>
 constexpr uint32_t type_code() {
-  if constexpr (std::is_same<S, float>::value) return 1;
-  else if constexpr (std::is_same<S, double>::value) return 2;
-  else if constexpr (std::is_same<S, Eigen::half>::value) return 3;
-  else if constexpr (std::is_same<S, Eigen::bfloat16>::value) return 4;
-  else return 5;
+  if constexpr (std::is_same<S, float>::value)
+    return 1;
+  else if constexpr (std::is_same<S, double>::value)
+    return 2;
+  else if constexpr (std::is_same<S, Eigen::half>::value)
+    return 3;
+  else if constexpr (std::is_same<S, Eigen::bfloat16>::value)
+    return 4;
+  else
+    return 5;
 }
 
 struct CacheFileHeader {
@@ -107,19 +112,23 @@ void save(const KVCache<T, Storage>& cache, std::ostream& out) {
   h.head_dim = uint64_t(hd);
   h.capacity = uint64_t(cache.capacity());
   h.size = uint64_t(n);
-  h.payload_bytes = uint64_t(n_kv) * uint64_t(n) *
-                    (2 * uint64_t(hd) * sizeof(Storage) + (q ? 2 * sizeof(T) : 0));
+  h.payload_bytes =
+      uint64_t(n_kv) * uint64_t(n) * (2 * uint64_t(hd) * sizeof(Storage) + (q ? 2 * sizeof(T) : 0));
   detail::Crc32c crc;
   auto put = [&](const void* p, size_t bytes) {
     out.write(static_cast<const char*>(p), std::streamsize(bytes));
     crc.update(p, bytes);
   };
   put(&h, sizeof h);
-  for (Eigen::Index head = 0; head < n_kv; ++head) put(cache.keys(head).data(), size_t(n * hd) * sizeof(Storage));
-  for (Eigen::Index head = 0; head < n_kv; ++head) put(cache.values(head).data(), size_t(n * hd) * sizeof(Storage));
+  for (Eigen::Index head = 0; head < n_kv; ++head)
+    put(cache.keys(head).data(), size_t(n * hd) * sizeof(Storage));
+  for (Eigen::Index head = 0; head < n_kv; ++head)
+    put(cache.values(head).data(), size_t(n * hd) * sizeof(Storage));
   if constexpr (q) {
-    for (Eigen::Index head = 0; head < n_kv; ++head) put(cache.key_scales(head).data(), size_t(n) * sizeof(T));
-    for (Eigen::Index head = 0; head < n_kv; ++head) put(cache.value_scales(head).data(), size_t(n) * sizeof(T));
+    for (Eigen::Index head = 0; head < n_kv; ++head)
+      put(cache.key_scales(head).data(), size_t(n) * sizeof(T));
+    for (Eigen::Index head = 0; head < n_kv; ++head)
+      put(cache.value_scales(head).data(), size_t(n) * sizeof(T));
   }
   const uint32_t sum = crc.value();
   out.write(reinterpret_cast<const char*>(&sum), 4);
@@ -138,24 +147,26 @@ void load(KVCache<T, Storage>& cache, std::istream& in, const std::string& what 
   in.read(reinterpret_cast<char*>(&h), sizeof h);
   if (in.gcount() != std::streamsize(sizeof h)) fail("truncated: shorter than the 64-byte header");
   if (std::memcmp(h.magic, "KVATTNKV", 8) != 0) fail("not a kvattn cache file (bad magic)");
-  if (h.version != 1) fail(detail::concat("format version ", h.version, " is not supported (expected 1)"));
+  if (h.version != 1)
+    fail(detail::concat("format version ", h.version, " is not supported (expected 1)"));
   if (h.byte_order != 0x01020304u) fail("written with another byte order");
   if (h.compute_type != detail::type_code<T>() || h.storage_type != detail::type_code<Storage>()) {
     fail(detail::concat("holds compute type ", h.compute_type, " and storage type ", h.storage_type,
-                        ", expected ", detail::type_code<T>(), " and ", detail::type_code<Storage>(),
-                        " (", StorageTraits<Storage>::name(), ")"));
+                        ", expected ", detail::type_code<T>(), " and ",
+                        detail::type_code<Storage>(), " (", StorageTraits<Storage>::name(), ")"));
   }
   if (h.n_kv_heads != uint64_t(cache.n_kv_heads()) || h.head_dim != uint64_t(cache.head_dim())) {
     fail(detail::concat("holds n_kv_heads = ", h.n_kv_heads, ", head_dim = ", h.head_dim,
-                        ", expected n_kv_heads = ", cache.n_kv_heads(), ", head_dim = ", cache.head_dim()));
+                        ", expected n_kv_heads = ", cache.n_kv_heads(),
+                        ", head_dim = ", cache.head_dim()));
   }
   if (h.size > uint64_t(cache.capacity())) {
     fail(detail::concat("holds ", h.size, " tokens, more than the capacity ", cache.capacity()));
   }
   constexpr bool q = KVCache<T, Storage>::is_quantized;
   const Eigen::Index n = Eigen::Index(h.size), hd = cache.head_dim(), n_kv = cache.n_kv_heads();
-  const uint64_t expected = uint64_t(n_kv) * uint64_t(n) *
-                            (2 * uint64_t(hd) * sizeof(Storage) + (q ? 2 * sizeof(T) : 0));
+  const uint64_t expected =
+      uint64_t(n_kv) * uint64_t(n) * (2 * uint64_t(hd) * sizeof(Storage) + (q ? 2 * sizeof(T) : 0));
   if (h.payload_bytes != expected) {
     fail(detail::concat("payload is ", h.payload_bytes, " bytes, expected ", expected));
   }
@@ -194,7 +205,9 @@ void save_file(const KVCache<T, Storage>& cache, const std::string& path) {
   }
   std::error_code ec;
   std::filesystem::rename(tmp, path, ec);
-  if (ec) throw std::runtime_error(detail::concat(path, ": cannot rename the saved file: ", ec.message()));
+  if (ec)
+    throw std::runtime_error(
+        detail::concat(path, ": cannot rename the saved file: ", ec.message()));
 }
 
 /// load() from a file; the error messages name the path.

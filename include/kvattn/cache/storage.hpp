@@ -31,10 +31,11 @@ namespace kvattn {
 template <class Storage>
 struct StorageTraits {
   static constexpr bool is_quantized = std::is_same<Storage, std::int8_t>::value;
-  static_assert(std::is_same<Storage, float>::value || std::is_same<Storage, double>::value ||
-                    std::is_same<Storage, Eigen::half>::value ||
-                    std::is_same<Storage, Eigen::bfloat16>::value || is_quantized,
-                "KVCache storage must be float, double, Eigen::half, Eigen::bfloat16 or std::int8_t");
+  static_assert(
+      std::is_same<Storage, float>::value || std::is_same<Storage, double>::value ||
+          std::is_same<Storage, Eigen::half>::value ||
+          std::is_same<Storage, Eigen::bfloat16>::value || is_quantized,
+      "KVCache storage must be float, double, Eigen::half, Eigen::bfloat16 or std::int8_t");
   static const char* name() {
     if (std::is_same<Storage, float>::value) return "f32";
     if (std::is_same<Storage, double>::value) return "f64";
@@ -115,14 +116,16 @@ inline void widen(const std::int8_t* src, Eigen::Index n, float* dst, float scal
 /// Decodes rows [0, rows) of `cols` values each into dst (row-major, T);
 /// scales[r] is row r's scale (int8 only).
 template <class T, class Storage>
-void decode_rows(const Storage* src, const T* scales, Eigen::Index rows, Eigen::Index cols, T* dst) {
+void decode_rows(const Storage* src, const T* scales, Eigen::Index rows, Eigen::Index cols,
+                 T* dst) {
   if constexpr (std::is_same<T, float>::value && !std::is_same<Storage, float>::value &&
                 !std::is_same<Storage, double>::value) {
     for (Eigen::Index r = 0; r < rows; ++r) {
       widen(src + r * cols, cols, dst + r * cols, scales != nullptr ? scales[r] : 1.0f);
     }
   } else {
-    using In = Eigen::Map<const Eigen::Array<Storage, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
+    using In =
+        Eigen::Map<const Eigen::Array<Storage, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
     using Out = Eigen::Map<Eigen::Array<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
     Out y(dst, rows, cols);
     const In x(src, rows, cols);

@@ -50,7 +50,8 @@ inline uint64_t open_binary(const std::string& path, std::ifstream& in) {
   std::error_code ec;
   const auto status = std::filesystem::status(path, ec);
   if (ec || !std::filesystem::exists(status)) file_error(path, "cannot open: no such file");
-  if (!std::filesystem::is_regular_file(status)) file_error(path, "cannot open: not a regular file");
+  if (!std::filesystem::is_regular_file(status))
+    file_error(path, "cannot open: not a regular file");
   const uint64_t size = std::filesystem::file_size(path, ec);
   if (ec) file_error(path, "cannot read its size: " + ec.message());
   in.open(path, std::ios::binary);
@@ -107,9 +108,8 @@ inline LlamaConfig llama2c_config(const Llama2cHeader& h, const std::string& pat
                                   bool* shared_classifier = nullptr) {
   auto field = [&](const char* name, int64_t v, int64_t limit) {
     if (v <= 0 || v > limit) {
-      detail::file_error(path, detail::concat("header field ", name, " = ", v,
-                                              " is not in [1, ", limit,
-                                              "]: not a llama2.c checkpoint, or corrupt"));
+      detail::file_error(path, detail::concat("header field ", name, " = ", v, " is not in [1, ",
+                                              limit, "]: not a llama2.c checkpoint, or corrupt"));
     }
   };
   field("dim", h.dim, 1 << 16);
@@ -144,13 +144,13 @@ inline uint64_t llama2c_file_size(const LlamaConfig& c, bool shared_classifier) 
   const uint64_t dim = uint64_t(c.dim), hidden = uint64_t(c.hidden_dim), L = uint64_t(c.n_layers);
   const uint64_t kv_dim = uint64_t(c.n_kv_heads * c.head_dim());
   const uint64_t vocab = uint64_t(c.vocab_size);
-  const uint64_t floats = vocab * dim                  // token embedding
-                          + L * dim                    // attention RMSNorm
-                          + L * dim * dim * 2          // wq, wo
-                          + L * kv_dim * dim * 2       // wk, wv
-                          + L * dim                    // FFN RMSNorm
-                          + L * hidden * dim * 3       // w1, w2, w3
-                          + dim                        // final RMSNorm
+  const uint64_t floats = vocab * dim                                     // token embedding
+                          + L * dim                                       // attention RMSNorm
+                          + L * dim * dim * 2                             // wq, wo
+                          + L * kv_dim * dim * 2                          // wk, wv
+                          + L * dim                                       // FFN RMSNorm
+                          + L * hidden * dim * 3                          // w1, w2, w3
+                          + dim                                           // final RMSNorm
                           + uint64_t(c.seq_len) * uint64_t(c.head_dim())  // two RoPE tables
                           + (shared_classifier ? 0 : vocab * dim);
   return sizeof(Llama2cHeader) + floats * sizeof(float);
@@ -184,11 +184,12 @@ LlamaWeights<T> read_llama2c_checkpoint(std::istream& in, uint64_t size, const s
   const LlamaConfig& c = w.config;
   const uint64_t expected = llama2c_file_size(c, shared);
   if (size != expected) {
-    detail::file_error(path, detail::concat(
-        "file is ", size, " bytes, but its header (dim ", h.dim, ", hidden_dim ", h.hidden_dim,
-        ", n_layers ", h.n_layers, ", n_heads ", h.n_heads, ", n_kv_heads ", h.n_kv_heads,
-        ", vocab_size ", h.vocab_size, ", seq_len ", h.seq_len, ") implies ", expected,
-        " bytes: truncated, corrupt or not a llama2.c checkpoint"));
+    detail::file_error(
+        path, detail::concat("file is ", size, " bytes, but its header (dim ", h.dim,
+                             ", hidden_dim ", h.hidden_dim, ", n_layers ", h.n_layers, ", n_heads ",
+                             h.n_heads, ", n_kv_heads ", h.n_kv_heads, ", vocab_size ",
+                             h.vocab_size, ", seq_len ", h.seq_len, ") implies ", expected,
+                             " bytes: truncated, corrupt or not a llama2.c checkpoint"));
   }
 
   const Eigen::Index dim = c.dim, hidden = c.hidden_dim, kv_dim = c.n_kv_heads * c.head_dim();
@@ -224,13 +225,16 @@ inline Tokenizer read_llama2c_tokenizer(const std::string& path, int vocab_size)
 /// The same from a stream holding `size` bytes; `path` names it in errors.
 inline Tokenizer read_llama2c_tokenizer(std::istream& in, uint64_t size, const std::string& path,
                                         int vocab_size) {
-  if (vocab_size <= 0) detail::file_error(path, detail::concat("vocab_size = ", vocab_size, ", expected > 0"));
-  if (size < 4) detail::file_error(path, detail::concat("file is ", size, " bytes, too short for a tokenizer"));
+  if (vocab_size <= 0)
+    detail::file_error(path, detail::concat("vocab_size = ", vocab_size, ", expected > 0"));
+  if (size < 4)
+    detail::file_error(path, detail::concat("file is ", size, " bytes, too short for a tokenizer"));
   int32_t max_len = 0;
   detail::read_bytes(in, path, &max_len, 4);
   if (max_len <= 0 || max_len > (1 << 16)) {
-    detail::file_error(path, detail::concat("max_token_length = ", max_len,
-                                            " is not in [1, 65536]: not a llama2.c tokenizer, or corrupt"));
+    detail::file_error(
+        path, detail::concat("max_token_length = ", max_len,
+                             " is not in [1, 65536]: not a llama2.c tokenizer, or corrupt"));
   }
   // Each token takes at least 8 bytes: reject a vocabulary the file cannot hold before allocating.
   uint64_t remaining = size - 4;
@@ -247,8 +251,8 @@ inline Tokenizer read_llama2c_tokenizer(std::istream& in, uint64_t size, const s
     detail::read_bytes(in, path, &len, 4);
     remaining -= 8;
     if (len < 0 || len > max_len || uint64_t(len) > remaining) {
-      detail::file_error(path, detail::concat("token ", id, " has length ", len,
-                                              ", expected 0..", max_len, " within the file"));
+      detail::file_error(path, detail::concat("token ", id, " has length ", len, ", expected 0..",
+                                              max_len, " within the file"));
     }
     if (!std::isfinite(scores[size_t(id)])) {
       detail::file_error(path, detail::concat("token ", id, " has a non-finite score"));

@@ -113,8 +113,8 @@ class MultiHeadAttention {
   /// scratch: const, so one layer can serve several threads, each with its own
   /// cache and workspace.
   template <class Storage>
-  void forward(const Eigen::Ref<const RowMatrix<T>>& x, KVCache<T, Storage>& cache, Eigen::Ref<RowMatrix<T>> y,
-               AttentionWorkspace<T>& workspace) const {
+  void forward(const Eigen::Ref<const RowMatrix<T>>& x, KVCache<T, Storage>& cache,
+               Eigen::Ref<RowMatrix<T>> y, AttentionWorkspace<T>& workspace) const {
     check(kForward, x.rows(), x.cols(), "columns", cache);
     detail::check_shape(kForward, "y", y.rows(), y.cols(), "[x.rows() x d_model]", x.rows(),
                         config_.d_model);
@@ -124,8 +124,8 @@ class MultiHeadAttention {
   /// step into existing storage y [d_model]; allocates nothing once the
   /// workspace has seen a step for this cache's capacity.
   template <class Storage>
-  void step(const Eigen::Ref<const Vector<T>>& x, KVCache<T, Storage>& cache, Eigen::Ref<Vector<T>> y,
-            AttentionWorkspace<T>& workspace) const {
+  void step(const Eigen::Ref<const Vector<T>>& x, KVCache<T, Storage>& cache,
+            Eigen::Ref<Vector<T>> y, AttentionWorkspace<T>& workspace) const {
     check(kStep, 1, x.size(), "elements", cache);
     detail::check_size(kStep, "y", y.size(), "d_model", config_.d_model);
     run(Eigen::Map<const RowMatrix<T>>(x.data(), 1, x.size()), cache,

@@ -63,8 +63,8 @@ class Linear {
   /// A batch into existing storage: X [n x in], Y [n x out].
   void forward_batch(const Eigen::Ref<const RowMatrix<T>>& x, Eigen::Ref<RowMatrix<T>> y) const {
     check_in("Linear::forward_batch", x.cols(), "columns");
-    detail::check_shape("Linear::forward_batch", "y", y.rows(), y.cols(), "[x.rows() x out_features]",
-                        x.rows(), out_features());
+    detail::check_shape("Linear::forward_batch", "y", y.rows(), y.cols(),
+                        "[x.rows() x out_features]", x.rows(), out_features());
     ops::linear_batch<T>(w_, b_, x, y);
   }
 
@@ -130,8 +130,8 @@ class QKVProjection {
   }
 
   Eigen::Index d_model() const { return d_model_; }
-  Eigen::Index q_dim() const { return q_dim_; }                 ///< n_heads*head_dim
-  Eigen::Index kv_dim() const { return kv_dim_; }               ///< n_kv_heads*head_dim
+  Eigen::Index q_dim() const { return q_dim_; }                  ///< n_heads*head_dim
+  Eigen::Index kv_dim() const { return kv_dim_; }                ///< n_kv_heads*head_dim
   Eigen::Index out_dim() const { return q_dim_ + 2 * kv_dim_; }  ///< width of q | k | v
 
   /// Wq: [n_heads*head_dim x d_model].

@@ -62,8 +62,8 @@ struct LlamaConfig {
     detail::check_arg(vocab_size > 0, fn, "vocab_size", vocab_size, "> 0");
     detail::check_arg(seq_len > 0, fn, "seq_len", seq_len, "> 0");
     if (dim % n_heads != 0) {
-      throw std::invalid_argument(detail::concat(fn, ": dim = ", dim,
-                                                 " is not a multiple of n_heads = ", n_heads));
+      throw std::invalid_argument(
+          detail::concat(fn, ": dim = ", dim, " is not a multiple of n_heads = ", n_heads));
     }
     attention().validate();
   }
@@ -147,15 +147,18 @@ class LlamaState {
     in.read(reinterpret_cast<char*>(&version), 4);
     in.read(reinterpret_cast<char*>(&layers), 4);
     in.read(reinterpret_cast<char*>(&position), 8);
-    if (!in) throw std::runtime_error(detail::concat(what, ": truncated: shorter than the state header"));
+    if (!in)
+      throw std::runtime_error(detail::concat(what, ": truncated: shorter than the state header"));
     if (std::memcmp(magic, "KVATTNLS", 8) != 0) {
       throw std::runtime_error(detail::concat(what, ": not a kvattn Llama state (bad magic)"));
     }
     if (version != 1) {
-      throw std::runtime_error(detail::concat(what, ": state format version ", version, " is not supported"));
+      throw std::runtime_error(
+          detail::concat(what, ": state format version ", version, " is not supported"));
     }
     if (layers != caches_.size()) {
-      throw std::runtime_error(detail::concat(what, ": holds ", layers, " layers, expected ", caches_.size()));
+      throw std::runtime_error(
+          detail::concat(what, ": holds ", layers, " layers, expected ", caches_.size()));
     }
     std::vector<KVCache<T, Storage>> fresh;
     fresh.reserve(caches_.size());
@@ -213,7 +216,8 @@ class Llama {
     const Eigen::Index cap = capacity > 0 ? capacity : config_.seq_len;
     LlamaState<T, Storage> s;
     s.caches_.reserve(size_t(config_.n_layers));
-    for (const Layer& l : layers_) s.caches_.push_back(l.attention.template make_cache<Storage>(cap));
+    for (const Layer& l : layers_)
+      s.caches_.push_back(l.attention.template make_cache<Storage>(cap));
     return s;
   }
 
@@ -308,9 +312,9 @@ class Llama {
     const Eigen::Index n = Eigen::Index(tokens.size());
     for (size_t i = 0; i < tokens.size(); ++i) {
       if (tokens[i] < 0 || tokens[i] >= config_.vocab_size) {
-        throw std::invalid_argument(detail::concat(fn, ": tokens[", i, "] = ", tokens[i],
-                                                   ", expected 0 <= token < vocab_size = ",
-                                                   config_.vocab_size));
+        throw std::invalid_argument(
+            detail::concat(fn, ": tokens[", i, "] = ", tokens[i],
+                           ", expected 0 <= token < vocab_size = ", config_.vocab_size));
       }
     }
     if (Eigen::Index(state.caches_.size()) != config_.n_layers ||
@@ -321,11 +325,11 @@ class Llama {
     state.caches_.front().check_room(fn, n);
     const Eigen::Index pos = state.pos();
 
-    detail::reshape_scratch(x_, n, config_.dim);           // residual stream
-    detail::reshape_scratch(xb_, n, config_.dim);          // normed input of a sublayer
-    detail::reshape_scratch(attn_, n, config_.dim);        // attention output
-    detail::reshape_scratch(h1_, n, config_.hidden_dim);   // gate
-    detail::reshape_scratch(h3_, n, config_.hidden_dim);   // up
+    detail::reshape_scratch(x_, n, config_.dim);          // residual stream
+    detail::reshape_scratch(xb_, n, config_.dim);         // normed input of a sublayer
+    detail::reshape_scratch(attn_, n, config_.dim);       // attention output
+    detail::reshape_scratch(h1_, n, config_.hidden_dim);  // gate
+    detail::reshape_scratch(h3_, n, config_.hidden_dim);  // up
     const T eps = static_cast<T>(config_.norm_eps);
     for (Eigen::Index i = 0; i < n; ++i) x_.row(i) = embedding_.row(tokens[size_t(i)]);
     try {
@@ -352,8 +356,8 @@ class Llama {
   LlamaConfig config_;
   RowMatrix<T> embedding_;  // [vocab_size x dim]
   std::vector<Layer> layers_;
-  Vector<T> final_norm_;    // [dim]
-  RowMatrix<T> classifier_; // [vocab_size x dim] or empty (shared with embedding_)
+  Vector<T> final_norm_;     // [dim]
+  RowMatrix<T> classifier_;  // [vocab_size x dim] or empty (shared with embedding_)
 
   // Scratch, reused across calls: [n x dim] and [n x hidden_dim].
   RowMatrix<T> x_, xb_, attn_, h1_, h3_;

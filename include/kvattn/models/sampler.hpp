@@ -51,8 +51,9 @@ class Sampler {
       probs_[size_t(i)] = {p, int(i)};
       sum += p;
     }
-    std::sort(probs_.begin(), probs_.end(),
-              [](const auto& a, const auto& b) { return a.first > b.first || (a.first == b.first && a.second < b.second); });
+    std::sort(probs_.begin(), probs_.end(), [](const auto& a, const auto& b) {
+      return a.first > b.first || (a.first == b.first && a.second < b.second);
+    });
     // The nucleus: the shortest prefix whose mass reaches top_p * sum.
     size_t n = 0;
     double mass = 0;

@@ -40,7 +40,8 @@ class Tokenizer {
     detail::check_arg(pieces_.size() >= size_t(kFirstByte + 256), fn, "pieces.size()",
                       pieces_.size(), ">= 259 (special tokens and 256 byte pieces)");
     lookup_.reserve(pieces_.size());
-    for (size_t id = 0; id < pieces_.size(); ++id) lookup_.emplace(pieces_[id], int(id));  // first wins
+    for (size_t id = 0; id < pieces_.size(); ++id)
+      lookup_.emplace(pieces_[id], int(id));  // first wins
   }
 
   int vocab_size() const { return int(pieces_.size()); }

@@ -105,9 +105,9 @@ void attend_chunk(const T* q, Eigen::Index group, Eigen::Index head_dim, const T
 template <class T>
 struct AttentionScratch {
   // Prefill (attend_causal with more than one token), per KV head and tile:
-  Vector<T> q;       // [tile_rows x head_dim]  gathered query heads of one group
-  Vector<T> scores;  // [tile_rows x n_ctx]
-  Vector<T> out;     // [tile_rows x head_dim]
+  Vector<T> q;             // [tile_rows x head_dim]  gathered query heads of one group
+  Vector<T> scores;        // [tile_rows x n_ctx]
+  Vector<T> out;           // [tile_rows x head_dim]
   Vector<T> keys, values;  // [n_ctx x head_dim] decoded rows (reduced storage only)
   // Decode (attend_decode):
   Vector<T> partial;  // [n_kv_heads * n_chunks][group][head_dim + 2]: acc, m, l
@@ -205,7 +205,8 @@ void attend_decode(const T* q, const Cache& cache, Eigen::Index n_ctx, Eigen::In
       Eigen::Map<Vector<T>> o(out + (h * g + r) * hd, hd);
       const T* first_item = partial + h * chunks * stride;
       T m = first_item[g * hd + r];
-      for (Eigen::Index c = 1; c < chunks; ++c) m = std::max(m, first_item[c * stride + g * hd + r]);
+      for (Eigen::Index c = 1; c < chunks; ++c)
+        m = std::max(m, first_item[c * stride + g * hd + r]);
       T l = T(0);
       o.setZero();
       for (Eigen::Index c = 0; c < chunks; ++c) {
@@ -246,8 +247,10 @@ void attend_causal(const Eigen::Ref<const RowMatrix<T>>& q, const Cache& cache,
 
   const Eigen::Index total = first_pos + n_new;
   for (Eigen::Index h = 0; h < n_kv; ++h) {
-    const Eigen::Map<const RowMatrix<T>> keys(cache.key_rows(h, 0, total, scratch.keys.data()), total, hd);
-    const Eigen::Map<const RowMatrix<T>> values(cache.value_rows(h, 0, total, scratch.values.data()), total, hd);
+    const Eigen::Map<const RowMatrix<T>> keys(cache.key_rows(h, 0, total, scratch.keys.data()),
+                                              total, hd);
+    const Eigen::Map<const RowMatrix<T>> values(
+        cache.value_rows(h, 0, total, scratch.values.data()), total, hd);
     for (Eigen::Index i0 = 0; i0 < n_new; i0 += AttentionScratch<T>::tile_tokens) {
       const Eigen::Index i1 = std::min(n_new, i0 + AttentionScratch<T>::tile_tokens);
       const Eigen::Index rows = (i1 - i0) * g;    // row (i - i0)*g + r is token i, head h*g + r

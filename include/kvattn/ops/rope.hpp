@@ -60,9 +60,8 @@ class RotaryEmbedding {
   void apply(Eigen::Ref<RowMatrix<T>> x, Eigen::Index first_pos) const {
     constexpr const char* fn = "RotaryEmbedding::apply";
     if (x.cols() % head_dim_ != 0) {
-      throw std::invalid_argument(detail::concat(fn, ": x has ", x.cols(),
-                                                 " columns, expected a multiple of head_dim = ",
-                                                 head_dim_));
+      throw std::invalid_argument(detail::concat(
+          fn, ": x has ", x.cols(), " columns, expected a multiple of head_dim = ", head_dim_));
     }
     detail::check_arg(first_pos >= 0, fn, "first_pos", first_pos, ">= 0");
     if (style_ == RopeStyle::None) return;
