@@ -46,6 +46,7 @@ TYPED_TEST(AttentionKernels, DecodeMatchesPlainLoops) {
         const auto q = test::random_matrix<double>(group, head_dim, rng, 2.0);
         const auto k = test::random_matrix<double>(n_ctx, head_dim, rng, 2.0);
         const auto v = test::random_matrix<double>(n_ctx, head_dim, rng);
+        // NOLINTNEXTLINE(performance-unnecessary-copy-initialization): a copy only for T = double
         const kvattn::RowMatrix<T> qt = q.cast<T>(), kt = k.cast<T>(), vt = v.cast<T>();
         // One KV head holding k and v; the group's query heads read it.
         kvattn::KVCache<T> cache(1, head_dim, n_ctx);

@@ -92,6 +92,7 @@ TYPED_TEST(MHA, DecodePrefillAndChunksMatchReference) {
     const AttentionWeights<double> w = test::random_weights<double>(c, rng, tc.bias);
     const kvattn::RowMatrix<double> x = test::random_matrix<double>(n, c.d_model, rng, 2.0);
     const kvattn::RowMatrix<double> expected = reference::attention(c, w, x);
+    // NOLINTNEXTLINE(performance-unnecessary-copy-initialization): a copy only for T = double
     const kvattn::RowMatrix<T> xt = x.cast<T>();
     MultiHeadAttention<T> layer(c, test::cast_weights<T>(w));
     const double tol = test::tolerance<T>();
