@@ -17,6 +17,8 @@
 
 #include <benchmark/benchmark.h>
 
+#include "bench_common.hpp"
+
 #include <chrono>
 #include <cstdint>
 #include <map>
@@ -37,55 +39,11 @@ using Clock = std::chrono::steady_clock;
 
 constexpr Eigen::Index kHeads = 32, kHeadDim = 128;
 
-void set_threads(int n) {
-#if defined(_OPENMP)
-  omp_set_num_threads(n);
-#else
-  (void)n;
-#endif
-}
+using bench::BM_ReadBandwidth;
+using bench::flush_caches;
+using bench::set_threads;
 
-void fill(float* p, Eigen::Index n, uint64_t seed) {
-  uint64_t s = seed * 0x9E3779B97F4A7C15ull + 1;
-  for (Eigen::Index i = 0; i < n; ++i) {
-    s = s * 6364136223846793005ull + 1442695040888963407ull;
-    p[i] = float(uint32_t(s >> 40)) / float(1 << 24) * 2.0f - 1.0f;
-  }
-}
-
-// Evicts the caches: reads 64 MiB.
-void flush_caches() {
-  static std::vector<float> junk(size_t(16) << 20, 1.0f);
-  benchmark::DoNotOptimize(
-      Eigen::Map<const Eigen::ArrayXf>(junk.data(), Eigen::Index(junk.size())).sum());
-}
-
-double g_read_bw[3] = {0, 0, 0};  // bytes/s by thread count, from BM_ReadBandwidth
-
-void BM_ReadBandwidth(benchmark::State& state) {
-  const int threads = int(state.range(0));
-  const size_t n = (size_t(1) << 30) / sizeof(float);
-  static std::vector<float> buffer(n, 1.0f);
-  std::vector<float> partial(static_cast<size_t>(threads));
-  const auto start = Clock::now();
-  for (auto _ : state) {
-    std::vector<std::thread> pool;
-    const size_t chunk = n / size_t(threads);
-    for (int t = 0; t < threads; ++t) {
-      pool.emplace_back([&, t] {
-        partial[size_t(t)] =
-            Eigen::Map<const Eigen::ArrayXf>(buffer.data() + size_t(t) * chunk, Eigen::Index(chunk))
-                .sum();
-      });
-    }
-    for (std::thread& th : pool) th.join();
-    benchmark::DoNotOptimize(partial.data());
-  }
-  const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
-  const double bytes = double(n * sizeof(float)) * double(state.iterations());
-  state.SetBytesProcessed(int64_t(bytes));
-  if (elapsed > 0) g_read_bw[threads] = bytes / elapsed;
-}
+inline void fill(float* p, Eigen::Index n, uint64_t seed) { bench::fill(p, n, 1.0f, seed); }
 
 // Random keys and values, [ctx x kv*head_dim], shared by every storage type.
 const RowMatrix<float>& source(Eigen::Index kv, Eigen::Index ctx, bool values) {
@@ -116,8 +74,8 @@ void report(benchmark::State& state, double bytes_per_step, int threads, double 
   const double bytes = bytes_per_step * double(state.iterations());
   state.SetBytesProcessed(int64_t(bytes));
   state.SetItemsProcessed(state.iterations());
-  if (g_read_bw[threads] > 0 && seconds > 0) {
-    state.counters["of_read_bw"] = bytes / seconds / g_read_bw[threads];
+  if (bench::read_bandwidth[threads] > 0 && seconds > 0) {
+    state.counters["of_read_bw"] = bytes / seconds / bench::read_bandwidth[threads];
   }
   state.counters["bytes_per_step"] = bytes_per_step;
 }

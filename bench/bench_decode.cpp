@@ -22,6 +22,8 @@
 
 #include <benchmark/benchmark.h>
 
+#include "bench_common.hpp"
+
 #include <chrono>
 #include <cstdint>
 #include <map>
@@ -35,13 +37,9 @@
 
 namespace {
 
-void set_threads(int n) {
-#if defined(_OPENMP)
-  omp_set_num_threads(n);
-#else
-  (void)n;
-#endif
-}
+using bench::BM_ReadBandwidth;
+using bench::fill;
+using bench::set_threads;
 
 using kvattn::RowMatrix;
 using kvattn::Vector;
@@ -53,14 +51,6 @@ kvattn::AttentionConfig shape(int64_t id) {
                  : kvattn::AttentionConfig{512, 8, 8, 64, kvattn::RopeStyle::Interleaved};
 }
 
-// Fast deterministic fill in [-scale, scale): setup stays cheap for 100+ MB.
-void fill(float* p, Eigen::Index n, float scale, uint64_t seed) {
-  uint64_t s = seed * 0x9E3779B97F4A7C15ull + 1;
-  for (Eigen::Index i = 0; i < n; ++i) {
-    s = s * 6364136223846793005ull + 1442695040888963407ull;
-    p[i] = scale * (float(uint32_t(s >> 40)) / float(1 << 24) * 2.0f - 1.0f);
-  }
-}
 RowMatrix<float> random(Eigen::Index rows, Eigen::Index cols, float scale, uint64_t seed) {
   RowMatrix<float> m(rows, cols);
   fill(m.data(), m.size(), scale, seed);
@@ -190,8 +180,6 @@ Fixture& fixture(int64_t id) {
   return *f;
 }
 
-double g_read_bw[3] = {0, 0, 0};  // bytes/s by thread count, from BM_ReadBandwidth
-
 // Wall time of a benchmark's timed loop, for the bandwidth fraction.
 struct Stopwatch {
   std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
@@ -207,37 +195,9 @@ void report(benchmark::State& state, double bytes_per_step, double seconds) {
   const int threads = int(state.range(2));
   state.SetItemsProcessed(state.iterations());  // tokens
   state.SetBytesProcessed(int64_t(bytes));
-  if (g_read_bw[threads] > 0 && seconds > 0) {
-    state.counters["of_read_bw"] = bytes / seconds / g_read_bw[threads];
+  if (bench::read_bandwidth[threads] > 0 && seconds > 0) {
+    state.counters["of_read_bw"] = bytes / seconds / bench::read_bandwidth[threads];
   }
-}
-
-void BM_ReadBandwidth(benchmark::State& state) {
-  const int threads = int(state.range(0));
-  const size_t n = (size_t(1) << 30) / sizeof(float);  // 1 GiB
-  static std::vector<float> buffer(n, 1.0f);
-  std::vector<float> partial(static_cast<size_t>(threads));
-  const auto start = std::chrono::steady_clock::now();
-  for (auto _ : state) {
-    std::vector<std::thread> pool;
-    const size_t chunk = n / size_t(threads);
-    for (int t = 0; t < threads; ++t) {
-      pool.emplace_back([&, t] {
-        partial[size_t(t)] =
-            Eigen::Map<const Eigen::ArrayXf>(buffer.data() + size_t(t) * chunk, Eigen::Index(chunk))
-                .sum();
-      });
-    }
-    for (std::thread& th : pool) th.join();
-    benchmark::DoNotOptimize(partial.data());
-    benchmark::ClobberMemory();
-  }
-  const double elapsed =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  const double bytes = double(n * sizeof(float)) * double(state.iterations());
-  state.SetBytesProcessed(int64_t(bytes));
-  // Kept for the ratios of the benchmarks that follow in this run.
-  if (elapsed > 0) g_read_bw[threads] = bytes / elapsed;
 }
 
 void BM_LayerStep(benchmark::State& state) {

@@ -1,0 +1,72 @@
+#pragma once
+// Shared by the benchmarks: thread count, fast random fill, cache flush, and
+// the read-bandwidth yardstick every decode figure is compared with.
+#include <benchmark/benchmark.h>
+#include <Eigen/Core>
+
+#include <chrono>
+#include <cstdint>
+#include <thread>
+#include <vector>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+namespace bench {
+
+inline void set_threads(int n) {
+#if defined(_OPENMP)
+  omp_set_num_threads(n);
+#else
+  (void)n;
+#endif
+}
+
+// Deterministic values in [-scale, scale): setup stays cheap for 100+ MB.
+inline void fill(float* p, Eigen::Index n, float scale, uint64_t seed) {
+  uint64_t s = seed * 0x9E3779B97F4A7C15ull + 1;
+  for (Eigen::Index i = 0; i < n; ++i) {
+    s = s * 6364136223846793005ull + 1442695040888963407ull;
+    p[i] = scale * (float(uint32_t(s >> 40)) / float(1 << 24) * 2.0f - 1.0f);
+  }
+}
+
+// Evicts the caches: reads 64 MiB.
+inline void flush_caches() {
+  static std::vector<float> junk(size_t(16) << 20, 1.0f);
+  benchmark::DoNotOptimize(
+      Eigen::Map<const Eigen::ArrayXf>(junk.data(), Eigen::Index(junk.size())).sum());
+}
+
+// Bytes/s by thread count, measured by BM_ReadBandwidth earlier in this run.
+inline double read_bandwidth[3] = {0, 0, 0};
+
+// Sum over a 1 GiB buffer split between state.range(0) threads.
+inline void BM_ReadBandwidth(benchmark::State& state) {
+  const int threads = int(state.range(0));
+  const size_t n = (size_t(1) << 30) / sizeof(float);
+  static std::vector<float> buffer(n, 1.0f);
+  std::vector<float> partial(static_cast<size_t>(threads));
+  const auto start = std::chrono::steady_clock::now();
+  for (auto _ : state) {
+    std::vector<std::thread> pool;
+    const size_t chunk = n / size_t(threads);
+    for (int t = 0; t < threads; ++t) {
+      pool.emplace_back([&, t] {
+        partial[size_t(t)] =
+            Eigen::Map<const Eigen::ArrayXf>(buffer.data() + size_t(t) * chunk, Eigen::Index(chunk))
+                .sum();
+      });
+    }
+    for (std::thread& th : pool) th.join();
+    benchmark::DoNotOptimize(partial.data());
+  }
+  const double elapsed =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double bytes = double(n * sizeof(float)) * double(state.iterations());
+  state.SetBytesProcessed(int64_t(bytes));
+  if (elapsed > 0) read_bandwidth[threads] = bytes / elapsed;
+}
+
+}  // namespace bench
