@@ -161,29 +161,8 @@ TEST(FailureInjection, LoadKeepsTheCache) {
 }
 
 TEST(FailureInjection, LlamaPrefillAndStepKeepTheState) {
-  kvattn::LlamaConfig c;
-  c.dim = 16;
-  c.hidden_dim = 24;
-  c.n_layers = 2;
-  c.n_heads = 4;
-  c.n_kv_heads = 2;
-  c.vocab_size = 20;
-  c.seq_len = 32;
   std::mt19937 rng(4);
-  kvattn::LlamaWeights<float> w;
-  w.config = c;
-  w.token_embedding = test::random_matrix<float>(20, 16, rng);
-  w.final_norm = kvattn::Vector<float>::Ones(16);
-  for (int l = 0; l < 2; ++l) {
-    kvattn::LlamaLayerWeights<float> lw;
-    lw.attention_norm = kvattn::Vector<float>::Ones(16);
-    lw.ffn_norm = kvattn::Vector<float>::Ones(16);
-    lw.attention = test::random_weights<float>(c.attention(), rng);
-    lw.w1 = test::random_matrix<float>(24, 16, rng, 0.3);
-    lw.w2 = test::random_matrix<float>(16, 24, rng, 0.3);
-    lw.w3 = test::random_matrix<float>(24, 16, rng, 0.3);
-    w.layers.push_back(lw);
-  }
+  const kvattn::LlamaWeights<float> w = test::random_llama(16, 24, 2, 4, 2, 20, rng);
   kvattn::Llama<float> model(w);
   kvattn::LlamaState<float> state = model.make_state();
   model.prefill({1, 2, 3}, state);

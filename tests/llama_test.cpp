@@ -187,26 +187,8 @@ TEST(RealCheckpointText, StateSavesAndRestores) {
 }
 
 TEST(LlamaErrors, WeightShapesAreChecked) {
-  kvattn::LlamaConfig c;
-  c.dim = 8;
-  c.hidden_dim = 12;
-  c.n_layers = 1;
-  c.n_heads = 2;
-  c.n_kv_heads = 1;
-  c.vocab_size = 10;
-  c.seq_len = 16;
   std::mt19937 rng(1);
-  kvattn::LlamaWeights<float> w;
-  w.config = c;
-  w.token_embedding = test::random_matrix<float>(10, 8, rng);
-  w.final_norm = kvattn::Vector<float>::Ones(8);
-  w.layers.resize(1);
-  w.layers[0].attention_norm = kvattn::Vector<float>::Ones(8);
-  w.layers[0].ffn_norm = kvattn::Vector<float>::Ones(8);
-  w.layers[0].attention = test::random_weights<float>(c.attention(), rng);
-  w.layers[0].w1 = test::random_matrix<float>(12, 8, rng);
-  w.layers[0].w2 = test::random_matrix<float>(8, 12, rng);
-  w.layers[0].w3 = test::random_matrix<float>(12, 8, rng);
+  const kvattn::LlamaWeights<float> w = test::random_llama(8, 12, 1, 2, 1, 10, rng);
   EXPECT_NO_THROW(Llama<float>{w});
   auto bad = w;
   bad.layers[0].w2 = test::random_matrix<float>(12, 8, rng);

@@ -3,6 +3,7 @@
 // comparison that reports the first coordinate that differs.
 
 #include <kvattn/layers/multi_head_attention.hpp>
+#include <kvattn/models/llama.hpp>
 
 #include <gtest/gtest.h>
 
@@ -44,6 +45,35 @@ kvattn::AttentionWeights<T> random_weights(const kvattn::AttentionConfig& c, std
     w.bk = random_vector<T>(c.kv_dim(), rng, 0.5);
     w.bv = random_vector<T>(c.kv_dim(), rng, 0.5);
     w.bo = random_vector<T>(c.d_model, rng, 0.5);
+  }
+  return w;
+}
+
+// Random weights of a small Llama (unit norms), for tests that need a model
+// without the shared checkpoints.
+inline kvattn::LlamaWeights<float> random_llama(Eigen::Index dim, Eigen::Index hidden,
+                                                Eigen::Index layers, Eigen::Index heads,
+                                                Eigen::Index kv_heads, Eigen::Index vocab,
+                                                std::mt19937& rng) {
+  kvattn::LlamaWeights<float> w;
+  w.config.dim = dim;
+  w.config.hidden_dim = hidden;
+  w.config.n_layers = layers;
+  w.config.n_heads = heads;
+  w.config.n_kv_heads = kv_heads;
+  w.config.vocab_size = vocab;
+  w.config.seq_len = 32;
+  w.token_embedding = random_matrix<float>(vocab, dim, rng);
+  w.final_norm = kvattn::Vector<float>::Ones(dim);
+  for (Eigen::Index l = 0; l < layers; ++l) {
+    kvattn::LlamaLayerWeights<float> lw;
+    lw.attention_norm = kvattn::Vector<float>::Ones(dim);
+    lw.ffn_norm = kvattn::Vector<float>::Ones(dim);
+    lw.attention = random_weights<float>(w.config.attention(), rng);
+    lw.w1 = random_matrix<float>(hidden, dim, rng, 0.3);
+    lw.w2 = random_matrix<float>(dim, hidden, rng, 0.3);
+    lw.w3 = random_matrix<float>(hidden, dim, rng, 0.3);
+    w.layers.push_back(lw);
   }
   return w;
 }
