@@ -162,6 +162,15 @@ class KVCache {
     return rows(v_, v_scale_, h, first, n, buf);
   }
 
+  /// For kernels: head h's stored keys / values, [capacity x head_dim]
+  /// row-major (the first size() rows are valid), and for int8 storage their
+  /// per-row scales [capacity] (nullptr for other storage types). Checks h
+  /// with eigen_assert only.
+  const Storage* key_data(Eigen::Index h) const noexcept { return raw(k_, h); }
+  const Storage* value_data(Eigen::Index h) const noexcept { return raw(v_, h); }
+  const T* key_scale_data(Eigen::Index h) const noexcept { return raw_scales(k_scale_, h); }
+  const T* value_scale_data(Eigen::Index h) const noexcept { return raw_scales(v_scale_, h); }
+
   /// Keeps the first n tokens (0 <= n <= size()), dropping the rest, as
   /// speculative decoding and editing need. Throws std::invalid_argument
   /// otherwise, leaving the cache unchanged.
@@ -240,6 +249,15 @@ class KVCache {
           src, is_quantized ? s.data() + h * capacity_ + first : nullptr, n, head_dim_, buf);
       return buf;
     }
+  }
+
+  const Storage* raw(const Data& data, Eigen::Index h) const noexcept {
+    eigen_assert(h >= 0 && h < n_kv_heads_);
+    return data.data() + h * capacity_ * head_dim_;
+  }
+  const T* raw_scales(const Vector<T>& s, Eigen::Index h) const noexcept {
+    eigen_assert(h >= 0 && h < n_kv_heads_);
+    return is_quantized ? s.data() + h * capacity_ : nullptr;
   }
 
   Eigen::Index n_kv_heads_ = 0;

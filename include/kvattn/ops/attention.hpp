@@ -14,17 +14,22 @@
 /// are contiguous in q and are processed together, so each cached key and value
 /// row is read once per step rather than once per query head.
 ///
-/// A Cache provides n_kv_heads(), head_dim(), size(), and key_rows(h, first,
-/// n, buf) / value_rows(...) returning rows in the compute type (KVCache does,
-/// for every storage type). Kernels do not own memory and check shapes with
-/// eigen_assert only; the layer checks them before calling.
+/// A Cache provides n_kv_heads(), head_dim(), size(), key_rows(h, first, n,
+/// buf) / value_rows(...) returning rows in the compute type, and, for the
+/// vectorized decode path, StorageType, key_data(h) / value_data(h) (rows as
+/// stored) and key_scale_data(h) / value_scale_data(h) (int8 row scales or
+/// nullptr). KVCache provides all of them, for every storage type. Kernels do
+/// not own memory and check shapes with eigen_assert only; the layer checks
+/// them before calling.
 
 #include <kvattn/detail/scratch.hpp>
+#include <kvattn/ops/group_kernels.hpp>
 #include <kvattn/ops/softmax.hpp>
 #include <kvattn/types.hpp>
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #if defined(_OPENMP)
 #include <omp.h>
@@ -50,6 +55,18 @@ inline int thread_index() {
 #endif
 }
 
+/// For scores [n x group] (position-major): m = column maxima, scores =
+/// exp(scores - m) per column, l = column sums after.
+template <class T>
+void softmax_parts(T* scores, Eigen::Index n, Eigen::Index group, T* m, T* l) {
+  Eigen::Map<Eigen::Array<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> S(scores, n, group);
+  Eigen::Map<Eigen::Array<T, 1, Eigen::Dynamic>> M(m, group), L(l, group);
+  M = S.colwise().maxCoeff();
+  S.rowwise() -= M;
+  S = S.exp();
+  L = S.colwise().sum();
+}
+
 }  // namespace detail
 
 namespace ops {
@@ -68,36 +85,91 @@ void attention_scores(const Eigen::Ref<const RowMatrix<T>>& q,
 /// from the thread count, so the result is the same with any number of threads.
 inline constexpr Eigen::Index kDecodeChunk = 256;
 
-/// Partial attention of a group of query heads over one chunk of keys and
-/// values, in softmax-merge form:
-///   m_r   = max_j s_rj,   s_rj = scale * q_r . k_j
+/// Cached rows per tile: what one call of the group kernels reads (decoded
+/// into a small buffer first on the portable path when the cache stores
+/// another type than T).
+inline constexpr Eigen::Index kDecodeTile = 16;
+
+/// How many rows ahead of the tile being computed the decode kernel
+/// prefetches (measured on the benchmark machine: no prefetch lost about a
+/// third of the fp32 bandwidth; 16 and 32 rows were within noise).
+inline constexpr Eigen::Index kDecodePrefetchRows = 16;
+
+/// Partial attention of a group of query heads over one chunk of the cache,
+/// in softmax-merge form:
+///   m_r   = max_j s_rj,   s_rj = scale * q_r . k_j,   j in [first, first+n)
 ///   l_r   = sum_j exp(s_rj - m_r)
 ///   acc_r = sum_j exp(s_rj - m_r) v_j
-///   q:      [group x head_dim]      k, v: [n x head_dim] (contiguous rows, n >= 1)
-///   scores: [group x n] scratch     acc: [group x head_dim]; m, l: [group]
-/// The chunk is small enough to stay in L2 (kDecodeChunk rows), so it is read
-/// from memory once; each query head then runs two matrix-vector products
-/// over it from cache (measured faster here than one fused pass with
-/// per-element dot products: see the README's benchmark notes).
-template <class T>
-void attend_chunk(const T* q, Eigen::Index group, Eigen::Index head_dim, const T* k, const T* v,
-                  Eigen::Index n, T scale, T* scores, T* acc, T* m, T* l) {
-  eigen_assert(group >= 1 && head_dim >= 1 && n >= 1);
-  using ConstRows = Eigen::Map<const RowMatrix<T>>;
-  const ConstRows Q(q, group, head_dim), K(k, n, head_dim), V(v, n, head_dim);
-  Eigen::Map<RowMatrix<T>> S(scores, group, n), O(acc, group, head_dim);
-  for (Eigen::Index r = 0; r < group; ++r) {
-    S.row(r).transpose().noalias() = K * Q.row(r).transpose();
+///   q:      [group x head_dim] of KV head h     n in [1, kDecodeChunk]
+///   scores: [n x group] scratch                 tile: [kDecodeTile x head_dim] scratch
+///   acc:    [group x head_dim]; m, l: [group]
+/// Keys, then values, stream through in tiles of kDecodeTile rows, each read
+/// from memory once for the whole group (group_kernels.hpp). With AVX2/FMA,
+/// float compute and head_dim % 8 == 0, the kernels read the cache as stored
+/// and the tile kDecodePrefetchRows ahead is prefetched while one is
+/// computed; otherwise rows are decoded into `tile` and multiplied by Eigen.
+template <class T, class Cache>
+void attend_chunk(const T* q, Eigen::Index group, const Cache& cache, Eigen::Index h,
+                  Eigen::Index first, Eigen::Index n, T scale, T* scores, T* tile, T* acc, T* m,
+                  T* l) {
+  const Eigen::Index hd = cache.head_dim();
+  eigen_assert(group >= 1 && n >= 1 && n <= kDecodeChunk);
+  Eigen::Map<RowMatrix<T>> O(acc, group, hd);
+#if defined(KVATTN_GROUP_KERNELS_AVX2)
+  if constexpr (std::is_same<T, float>::value) {
+    if (hd % 8 == 0) {  // read the cache as stored, widening in registers
+      (void)tile;
+      using Storage = typename Cache::StorageType;
+      const Storage* k = cache.key_data(h) + first * hd;
+      const Storage* v = cache.value_data(h) + first * hd;
+      const T* k_scales = cache.key_scale_data(h);
+      const T* v_scales = cache.value_scale_data(h);
+      // Prefetch the tile kDecodePrefetchRows rows ahead, in the order rows
+      // are consumed: keys, values, then the keys of the head's next chunk;
+      // never past the cached rows. a: rows into that sequence.
+      const Eigen::Index row_bytes = hd * Eigen::Index(sizeof(Storage));
+      auto ahead = [&](Eigen::Index a) {
+        simd::Prefetch pf;
+        a += kDecodePrefetchRows;
+        const Storage* base = a < 2 * n && a >= n ? v : k;
+        const Eigen::Index row = a < n ? a : a - n;  // rows after `first` in base
+        const Eigen::Index rows = std::min(kDecodeTile, cache.size() - (first + row));
+        if (rows <= 0) return pf;
+        pf.p = reinterpret_cast<const char*>(base + row * hd);
+        pf.bytes = rows * row_bytes;
+        return pf;
+      };
+      for (Eigen::Index j = 0; j < n; j += kDecodeTile) {
+        simd::group_scores(q, group, hd, k + j * hd,
+                           k_scales != nullptr ? k_scales + first + j : nullptr,
+                           std::min(kDecodeTile, n - j), scale, scores + j * group, ahead(j));
+      }
+      simd::softmax_parts(scores, n, group, m, l);
+      if (v_scales != nullptr) {  // int8: fold each value row's scale into its weights
+        Eigen::Map<Eigen::Array<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> P(scores, n,
+                                                                                       group);
+        P.colwise() *= Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(v_scales + first, n);
+      }
+      O.setZero();
+      for (Eigen::Index j = 0; j < n; j += kDecodeTile) {
+        simd::group_accumulate(scores + j * group, group, hd, v + j * hd,
+                               std::min(kDecodeTile, n - j), acc, ahead(n + j));
+      }
+      return;
+    }
   }
-  for (Eigen::Index r = 0; r < group; ++r) {
-    auto row = S.row(r).array();
-    row *= scale;
-    m[r] = row.maxCoeff();
-    row = (row - m[r]).exp();
-    l[r] = row.sum();
+#endif
+  for (Eigen::Index j = 0; j < n; j += kDecodeTile) {
+    const Eigen::Index rows = std::min(kDecodeTile, n - j);
+    group_scores(q, group, hd, cache.key_rows(h, first + j, rows, tile), rows, scale,
+                 scores + j * group);
   }
-  for (Eigen::Index r = 0; r < group; ++r) {
-    O.row(r).transpose().noalias() = V.transpose() * S.row(r).transpose();
+  detail::softmax_parts(scores, n, group, m, l);
+  O.setZero();
+  for (Eigen::Index j = 0; j < n; j += kDecodeTile) {
+    const Eigen::Index rows = std::min(kDecodeTile, n - j);
+    group_accumulate(scores + j * group, group, hd, cache.value_rows(h, first + j, rows, tile),
+                     rows, acc);
   }
 }
 
@@ -111,7 +183,7 @@ struct AttentionScratch {
   Vector<T> keys, values;  // [n_ctx x head_dim] decoded rows (reduced storage only)
   // Decode (attend_decode):
   Vector<T> partial;  // [n_kv_heads * n_chunks][group][head_dim + 2]: acc, m, l
-  Vector<T> thread;   // [threads][group*kDecodeChunk + 2*kDecodeChunk*head_dim]
+  Vector<T> thread;   // [threads][group*kDecodeChunk + kDecodeTile*head_dim]
   int threads = 0;    // threads `thread` is sized for
 
   /// Query tokens processed together in attend_causal (bounds the score buffer).
@@ -142,9 +214,9 @@ struct AttentionScratch {
     threads = std::max(threads, int(thread.size() / per_thread(group, head_dim)));
   }
 
-  // scores [group x kDecodeChunk], then decoded key and value tiles [kDecodeChunk x head_dim].
+  // scores [group x kDecodeChunk], then a decoded tile [kDecodeTile x head_dim].
   static Eigen::Index per_thread(Eigen::Index group, Eigen::Index head_dim) {
-    return group * kDecodeChunk + 2 * kDecodeChunk * head_dim;
+    return group * kDecodeChunk + kDecodeTile * head_dim;
   }
 };
 
@@ -154,8 +226,8 @@ struct AttentionScratch {
 ///   scratch: reserve_decode(>= n_ctx, ...) called for this cache's shape
 ///
 /// Work is split into (KV head, chunk of kDecodeChunk positions) items, run
-/// in parallel with OpenMP when available; each item keeps its decoded tile
-/// and scores in L2 and yields (acc, m, l) per query head; items are merged
+/// in parallel with OpenMP when available; each item streams its keys and
+/// values once (attend_chunk) and yields (acc, m, l) per query head; items are merged
 /// with the log-sum-exp rule in a fixed order:
 ///   M = max_c m_c,  L = sum_c l_c e^(m_c - M),  out = sum_c acc_c e^(m_c - M) / L
 /// so the result is bitwise the same for any thread count.
@@ -176,13 +248,9 @@ void attend_decode(const T* q, const Cache& cache, Eigen::Index n_ctx, Eigen::In
     const Eigen::Index h = item / chunks, c = item % chunks;
     const Eigen::Index first = c * kDecodeChunk, n = std::min(kDecodeChunk, n_ctx - first);
     T* buf = thread_buffers + detail::thread_index() * per_thread;
-    T* scores = buf;                         // [g x n]
-    T* k_tile = buf + g * kDecodeChunk;      // [n x hd], reduced storage only
-    T* v_tile = k_tile + kDecodeChunk * hd;  // [n x hd], reduced storage only
-    T* acc = partial + item * stride;        // [g x hd], then m [g], then l [g]
-    attend_chunk<T>(q + h * g * hd, g, hd, cache.key_rows(h, first, n, k_tile),
-                    cache.value_rows(h, first, n, v_tile), n, scale, scores, acc, acc + g * hd,
-                    acc + g * hd + g);
+    T* acc = partial + item * stride;  // [g x hd], then m [g], then l [g]
+    attend_chunk<T>(q + h * g * hd, g, cache, h, first, n, scale, buf, buf + g * kDecodeChunk, acc,
+                    acc + g * hd, acc + g * hd + g);
   };
 #if defined(_OPENMP)
   // Threads pay off once the step reads more than about 1 MiB of cache; a

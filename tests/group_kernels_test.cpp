@@ -1,0 +1,163 @@
+// The decode step's inner kernels (ops/group_kernels.hpp) against a plain
+// double loop over the same stored values, for every storage type and every
+// register-tile shape and remainder: group sizes that take 8-, 4-, 2- and
+// 1-head tiles and their mixes (3, 5, 12, 13, 32), row counts that leave a
+// partial tile, head dims with one and many vectors. The softmax pieces run
+// through both their vector path and the scalar path for wide odd groups.
+#include <kvattn/kvattn.hpp>
+
+#include "test_util.hpp"
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+namespace {
+
+using kvattn::RowMatrix;
+
+// Rows as a KVCache of this storage type keeps them, plus their float
+// reading (with int8 the unscaled codes and the row scales separately).
+template <class Storage>
+struct Stored {
+  kvattn::KVCache<float, Storage> cache;
+  Eigen::Index n, hd;
+
+  Stored(const RowMatrix<float>& rows)
+      : cache(1, rows.cols(), rows.rows()), n(rows.rows()), hd(rows.cols()) {
+    cache.append(rows, rows);
+  }
+  const Storage* data() const { return cache.key_data(0); }
+  const float* scales() const { return cache.key_scale_data(0); }
+  // Element (j, d) as the kernel reads it, before the row scale.
+  double raw(Eigen::Index j, Eigen::Index d) const {
+    return double(static_cast<float>(data()[j * hd + d]));
+  }
+  double scale(Eigen::Index j) const { return scales() != nullptr ? double(scales()[j]) : 1.0; }
+};
+
+template <class Storage>
+class GroupKernels : public ::testing::Test {};
+using StorageTypes = ::testing::Types<float, Eigen::bfloat16, Eigen::half, std::int8_t>;
+TYPED_TEST_SUITE(GroupKernels, StorageTypes);
+
+const Eigen::Index kGroups[] = {1, 2, 3, 4, 5, 8, 12, 13, 32};
+const Eigen::Index kRows[] = {1, 7, 16};
+const Eigen::Index kHeadDims[] = {8, 24, 128};
+
+}  // namespace
+
+#if defined(KVATTN_GROUP_KERNELS_AVX2)
+
+TYPED_TEST(GroupKernels, ScoresMatchPlainDotProducts) {
+  using Storage = TypeParam;
+  std::mt19937 rng(11);
+  for (Eigen::Index g : kGroups) {
+    for (Eigen::Index n : kRows) {
+      for (Eigen::Index hd : kHeadDims) {
+        const RowMatrix<float> q = test::random_matrix<float>(g, hd, rng, 2.0);
+        const Stored<Storage> k(test::random_matrix<float>(n, hd, rng, 2.0));
+        const float scale = 0.3f;
+        std::vector<float> s(size_t(n * g), -1e30f);
+        kvattn::ops::simd::group_scores(q.data(), g, hd, k.data(), k.scales(), n, scale, s.data());
+        for (Eigen::Index j = 0; j < n; ++j) {
+          for (Eigen::Index r = 0; r < g; ++r) {
+            double dot = 0, mag = 0;
+            for (Eigen::Index d = 0; d < hd; ++d) {
+              dot += double(q(r, d)) * k.raw(j, d);
+              mag += std::abs(double(q(r, d)) * k.raw(j, d));
+            }
+            const double want = double(scale) * k.scale(j) * dot;
+            const double tol = 1e-6 * double(scale) * k.scale(j) * mag + 1e-30;
+            ASSERT_NEAR(s[size_t(j * g + r)], want, tol)
+                << "g " << g << " n " << n << " hd " << hd << " row " << j << " head " << r;
+          }
+        }
+      }
+    }
+  }
+}
+
+TYPED_TEST(GroupKernels, AccumulateAddsWeightedRows) {
+  using Storage = TypeParam;
+  std::mt19937 rng(12);
+  for (Eigen::Index g : kGroups) {
+    for (Eigen::Index n : kRows) {
+      for (Eigen::Index hd : kHeadDims) {
+        const RowMatrix<float> p = test::random_matrix<float>(n, g, rng);
+        const Stored<Storage> v(test::random_matrix<float>(n, hd, rng, 2.0));
+        RowMatrix<float> o = test::random_matrix<float>(g, hd, rng);  // accumulated into
+        const RowMatrix<float> o0 = o;
+        kvattn::ops::simd::group_accumulate(p.data(), g, hd, v.data(), n, o.data());
+        for (Eigen::Index r = 0; r < g; ++r) {
+          for (Eigen::Index d = 0; d < hd; ++d) {
+            double want = o0(r, d), mag = std::abs(o0(r, d));
+            for (Eigen::Index j = 0; j < n; ++j) {
+              want += double(p(j, r)) * v.raw(j, d);
+              mag += std::abs(double(p(j, r)) * v.raw(j, d));
+            }
+            ASSERT_NEAR(o(r, d), want, 1e-6 * mag)
+                << "g " << g << " n " << n << " hd " << hd << " head " << r << " d " << d;
+          }
+        }
+      }
+    }
+  }
+}
+
+// Every group size up to 72 covers both the vector path (lcm(g, 8) <= 64)
+// and the scalar one (g = 9, 11, ..., 72 - e.g. lcm(9, 8) = 72), and row
+// counts that leave part of a period over.
+TEST(GroupSoftmax, PartsMatchPlainLoops) {
+  std::mt19937 rng(13);
+  for (Eigen::Index g = 1; g <= 72; ++g) {
+    for (Eigen::Index n : {1, 3, 16, 37}) {
+      const RowMatrix<float> s0 = test::random_matrix<float>(n, g, rng, 8.0);
+      RowMatrix<float> s = s0;
+      std::vector<float> m(static_cast<size_t>(g)), l(static_cast<size_t>(g));
+      kvattn::ops::simd::softmax_parts(s.data(), n, g, m.data(), l.data());
+      for (Eigen::Index r = 0; r < g; ++r) {
+        double mx = s0(0, r);
+        for (Eigen::Index j = 1; j < n; ++j) mx = std::max(mx, double(s0(j, r)));
+        ASSERT_EQ(m[size_t(r)], float(mx)) << "g " << g << " n " << n << " head " << r;
+        double sum = 0;
+        for (Eigen::Index j = 0; j < n; ++j) {
+          const double e = std::exp(double(s0(j, r)) - mx);
+          sum += e;
+          ASSERT_NEAR(s(j, r), e, 1e-6) << "g " << g << " n " << n << " row " << j;
+        }
+        ASSERT_NEAR(l[size_t(r)], sum, 1e-6 * sum) << "g " << g << " n " << n << " head " << r;
+      }
+    }
+  }
+}
+
+#endif  // KVATTN_GROUP_KERNELS_AVX2
+
+// The portable forms (any compute type, rows already decoded), in double.
+TEST(GroupKernelsPortable, MatchPlainLoopsInDouble) {
+  std::mt19937 rng(14);
+  for (Eigen::Index g : kGroups) {
+    for (Eigen::Index n : kRows) {
+      const Eigen::Index hd = 5;
+      const RowMatrix<double> q = test::random_matrix<double>(g, hd, rng);
+      const RowMatrix<double> k = test::random_matrix<double>(n, hd, rng);
+      const RowMatrix<double> v = test::random_matrix<double>(n, hd, rng);
+      RowMatrix<double> s(n, g), o = RowMatrix<double>::Ones(g, hd);
+      kvattn::ops::group_scores(q.data(), g, hd, k.data(), n, 0.5, s.data());
+      kvattn::ops::group_accumulate(s.data(), g, hd, v.data(), n, o.data());
+      for (Eigen::Index r = 0; r < g; ++r) {
+        for (Eigen::Index j = 0; j < n; ++j) {
+          double dot = 0;
+          for (Eigen::Index d = 0; d < hd; ++d) dot += q(r, d) * k(j, d);
+          ASSERT_NEAR(s(j, r), 0.5 * dot, 1e-12);
+        }
+        for (Eigen::Index d = 0; d < hd; ++d) {
+          double want = 1;
+          for (Eigen::Index j = 0; j < n; ++j) want += s(j, r) * v(j, d);
+          ASSERT_NEAR(o(r, d), want, 1e-12);
+        }
+      }
+    }
+  }
+}
