@@ -66,23 +66,28 @@ namespace simd {
 #define KVATTN_UNROLL _Pragma("GCC unroll 16")
 
 /// A byte range to hint into cache while a kernel works, spread evenly over
-/// its iterations (a burst of prefetches would stall on the few outstanding
-/// misses a core can track, then leave memory idle while it computes).
+/// its iterations (one burst of hints would stall on the few misses a core
+/// can track, then leave memory idle while it computes).
 struct Prefetch {
   const char* p = nullptr;
   Eigen::Index bytes = 0;
 
-  /// Issues part i of `parts`.
-  void part(Eigen::Index i, Eigen::Index parts) const {
+  /// Splits the range into `parts` parts; part(i) then issues part i.
+  void split(Eigen::Index parts) {
+    lines_ = (bytes + 63) / 64;
+    per_part_ = parts > 0 ? (lines_ + parts - 1) / parts : lines_;
+  }
+  void part(Eigen::Index i) const {
 #if defined(__GNUC__)
-    const Eigen::Index lines = (bytes + 63) / 64;
-    for (Eigen::Index c = lines * i / parts; c < lines * (i + 1) / parts; ++c) {
-      __builtin_prefetch(p + 64 * c, 0, 3);
-    }
+    const Eigen::Index end = std::min(lines_, (i + 1) * per_part_);
+    for (Eigen::Index c = i * per_part_; c < end; ++c) __builtin_prefetch(p + 64 * c, 0, 3);
 #else
-    (void)i, (void)parts;
+    (void)i;
 #endif
   }
+
+ private:
+  Eigen::Index lines_ = 0, per_part_ = 0;
 };
 
 /// Makes the compiler load v once into a register instead of folding the
@@ -176,12 +181,12 @@ inline void scores_tile(const float* q, Eigen::Index g, Eigen::Index hd, const S
 /// H heads starting at q (and at column 0 of s), all n rows.
 template <int H, class S>
 inline void scores_heads(const float* q, Eigen::Index g, Eigen::Index hd, const S* k,
-                         const float* c, Eigen::Index n, float scale, float* s,
-                         const Prefetch& pf) {
+                         const float* c, Eigen::Index n, float scale, float* s, Prefetch pf) {
   constexpr int R = 8 / H;
+  pf.split(n / R);
   Eigen::Index j = 0;
-  for (; j + R <= n; j += R) {
-    pf.part(j / R, n / R);
+  for (Eigen::Index i = 0; j + R <= n; j += R, ++i) {
+    pf.part(i);
     scores_tile<R, H>(q, g, hd, k + j * hd, c != nullptr ? c + j : nullptr, scale, s + j * g);
   }
   for (; j < n; ++j) {
@@ -220,11 +225,12 @@ inline void accumulate_tile(const float* p, Eigen::Index g, Eigen::Index hd, con
 /// H heads starting at p's column 0 and o's row 0, the whole row.
 template <int H, class S>
 inline void accumulate_heads(const float* p, Eigen::Index g, Eigen::Index hd, const S* v,
-                             Eigen::Index n, float* o, const Prefetch& pf) {
+                             Eigen::Index n, float* o, Prefetch pf) {
   constexpr int D = 8 / H;
+  pf.split(hd / (8 * D));
   Eigen::Index d = 0;
-  for (; d + 8 * D <= hd; d += 8 * D) {
-    pf.part(d / (8 * D), hd / (8 * D));
+  for (Eigen::Index i = 0; d + 8 * D <= hd; d += 8 * D, ++i) {
+    pf.part(i);
     accumulate_tile<H, D>(p, g, hd, v + d, n, o + d);
   }
   for (; d < hd; d += 8) accumulate_tile<H, 1>(p, g, hd, v + d, n, o + d);
