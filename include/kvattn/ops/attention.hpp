@@ -214,7 +214,7 @@ struct AttentionScratch {
     threads = std::max(threads, int(thread.size() / per_thread(group, head_dim)));
   }
 
-  // scores [group x kDecodeChunk], then a decoded tile [kDecodeTile x head_dim].
+  // scores [kDecodeChunk x group] (position-major), then a decoded tile [kDecodeTile x head_dim].
   static Eigen::Index per_thread(Eigen::Index group, Eigen::Index head_dim) {
     return group * kDecodeChunk + kDecodeTile * head_dim;
   }
