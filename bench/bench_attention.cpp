@@ -152,12 +152,7 @@ void gqa_args(benchmark::internal::Benchmark* b) {
 
 }  // namespace
 
-BENCHMARK(BM_ReadBandwidth)
-    ->ArgName("threads")
-    ->Arg(1)
-    ->Arg(2)
-    ->Unit(benchmark::kMillisecond)
-    ->UseRealTime();
+BENCHMARK(BM_ReadBandwidth)->Apply(bench::read_bandwidth_args);
 BENCHMARK(BM_AttentionBaseline)->Apply(gqa_args);
 BENCHMARK_TEMPLATE(BM_Attention, float)->Apply(gqa_args);
 BENCHMARK_TEMPLATE(BM_Attention, Eigen::bfloat16)->Apply(gqa_args);

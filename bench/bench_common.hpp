@@ -39,6 +39,12 @@ inline void flush_caches() {
       Eigen::Map<const Eigen::ArrayXf>(junk.data(), Eigen::Index(junk.size())).sum());
 }
 
+// The arguments BM_ReadBandwidth is registered with (1 and 2 threads);
+// register it before the benchmarks that read read_bandwidth[].
+inline void read_bandwidth_args(benchmark::internal::Benchmark* b) {
+  b->ArgName("threads")->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond)->UseRealTime();
+}
+
 // Bytes/s by thread count, measured by BM_ReadBandwidth earlier in this run.
 inline double read_bandwidth[3] = {0, 0, 0};
 

@@ -284,12 +284,7 @@ void decode_args(benchmark::internal::Benchmark* b) {
 
 }  // namespace
 
-BENCHMARK(BM_ReadBandwidth)
-    ->ArgName("threads")
-    ->Arg(1)
-    ->Arg(2)
-    ->Unit(benchmark::kMillisecond)
-    ->UseRealTime();
+BENCHMARK(BM_ReadBandwidth)->Apply(bench::read_bandwidth_args);
 BENCHMARK(BM_LayerStep)->Apply(decode_args);
 BENCHMARK(BM_LayerStepBf16)->Apply(decode_args);
 BENCHMARK(BM_LayerStepBaseline)->Apply(decode_args);

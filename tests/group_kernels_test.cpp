@@ -45,6 +45,16 @@ const Eigen::Index kGroups[] = {1, 2, 3, 4, 5, 8, 12, 13, 32};
 const Eigen::Index kRows[] = {1, 7, 16};
 const Eigen::Index kHeadDims[] = {8, 24, 128};
 
+// Calls f(g, n, hd) for every group size, row count and head dim above.
+template <class F>
+void for_each_shape(F&& f) {
+  for (Eigen::Index g : kGroups) {
+    for (Eigen::Index n : kRows) {
+      for (Eigen::Index hd : kHeadDims) f(g, n, hd);
+    }
+  }
+}
+
 }  // namespace
 
 #if defined(KVATTN_GROUP_KERNELS_AVX2)
@@ -52,57 +62,49 @@ const Eigen::Index kHeadDims[] = {8, 24, 128};
 TYPED_TEST(GroupKernels, ScoresMatchPlainDotProducts) {
   using Storage = TypeParam;
   std::mt19937 rng(11);
-  for (Eigen::Index g : kGroups) {
-    for (Eigen::Index n : kRows) {
-      for (Eigen::Index hd : kHeadDims) {
-        const RowMatrix<float> q = test::random_matrix<float>(g, hd, rng, 2.0);
-        const Stored<Storage> k(test::random_matrix<float>(n, hd, rng, 2.0));
-        const float scale = 0.3f;
-        std::vector<float> s(size_t(n * g), -1e30f);
-        kvattn::ops::simd::group_scores(q.data(), g, hd, k.data(), k.scales(), n, scale, s.data());
-        for (Eigen::Index j = 0; j < n; ++j) {
-          for (Eigen::Index r = 0; r < g; ++r) {
-            double dot = 0, mag = 0;
-            for (Eigen::Index d = 0; d < hd; ++d) {
-              dot += double(q(r, d)) * k.raw(j, d);
-              mag += std::abs(double(q(r, d)) * k.raw(j, d));
-            }
-            const double want = double(scale) * k.scale(j) * dot;
-            const double tol = 1e-6 * double(scale) * k.scale(j) * mag + 1e-30;
-            ASSERT_NEAR(s[size_t(j * g + r)], want, tol)
-                << "g " << g << " n " << n << " hd " << hd << " row " << j << " head " << r;
-          }
+  for_each_shape([&](Eigen::Index g, Eigen::Index n, Eigen::Index hd) {
+    const RowMatrix<float> q = test::random_matrix<float>(g, hd, rng, 2.0);
+    const Stored<Storage> k(test::random_matrix<float>(n, hd, rng, 2.0));
+    const float scale = 0.3f;
+    std::vector<float> s(size_t(n * g), -1e30f);
+    kvattn::ops::simd::group_scores(q.data(), g, hd, k.data(), k.scales(), n, scale, s.data());
+    for (Eigen::Index j = 0; j < n; ++j) {
+      for (Eigen::Index r = 0; r < g; ++r) {
+        double dot = 0, mag = 0;
+        for (Eigen::Index d = 0; d < hd; ++d) {
+          dot += double(q(r, d)) * k.raw(j, d);
+          mag += std::abs(double(q(r, d)) * k.raw(j, d));
         }
+        const double want = double(scale) * k.scale(j) * dot;
+        const double tol = 1e-6 * double(scale) * k.scale(j) * mag + 1e-30;
+        ASSERT_NEAR(s[size_t(j * g + r)], want, tol)
+            << "g " << g << " n " << n << " hd " << hd << " row " << j << " head " << r;
       }
     }
-  }
+  });
 }
 
 TYPED_TEST(GroupKernels, AccumulateAddsWeightedRows) {
   using Storage = TypeParam;
   std::mt19937 rng(12);
-  for (Eigen::Index g : kGroups) {
-    for (Eigen::Index n : kRows) {
-      for (Eigen::Index hd : kHeadDims) {
-        const RowMatrix<float> p = test::random_matrix<float>(n, g, rng);
-        const Stored<Storage> v(test::random_matrix<float>(n, hd, rng, 2.0));
-        RowMatrix<float> o = test::random_matrix<float>(g, hd, rng);  // accumulated into
-        const RowMatrix<float> o0 = o;
-        kvattn::ops::simd::group_accumulate(p.data(), g, hd, v.data(), n, o.data());
-        for (Eigen::Index r = 0; r < g; ++r) {
-          for (Eigen::Index d = 0; d < hd; ++d) {
-            double want = o0(r, d), mag = std::abs(o0(r, d));
-            for (Eigen::Index j = 0; j < n; ++j) {
-              want += double(p(j, r)) * v.raw(j, d);
-              mag += std::abs(double(p(j, r)) * v.raw(j, d));
-            }
-            ASSERT_NEAR(o(r, d), want, 1e-6 * mag)
-                << "g " << g << " n " << n << " hd " << hd << " head " << r << " d " << d;
-          }
+  for_each_shape([&](Eigen::Index g, Eigen::Index n, Eigen::Index hd) {
+    const RowMatrix<float> p = test::random_matrix<float>(n, g, rng);
+    const Stored<Storage> v(test::random_matrix<float>(n, hd, rng, 2.0));
+    RowMatrix<float> o = test::random_matrix<float>(g, hd, rng);  // accumulated into
+    const RowMatrix<float> o0 = o;
+    kvattn::ops::simd::group_accumulate(p.data(), g, hd, v.data(), n, o.data());
+    for (Eigen::Index r = 0; r < g; ++r) {
+      for (Eigen::Index d = 0; d < hd; ++d) {
+        double want = o0(r, d), mag = std::abs(o0(r, d));
+        for (Eigen::Index j = 0; j < n; ++j) {
+          want += double(p(j, r)) * v.raw(j, d);
+          mag += std::abs(double(p(j, r)) * v.raw(j, d));
         }
+        ASSERT_NEAR(o(r, d), want, 1e-6 * mag)
+            << "g " << g << " n " << n << " hd " << hd << " head " << r << " d " << d;
       }
     }
-  }
+  });
 }
 
 // Every group size up to 72 covers both the vector path (lcm(g, 8) <= 64)
