@@ -250,8 +250,18 @@ inline void softmax_parts(float* s, Eigen::Index n, Eigen::Index g, float* m, fl
   const Eigen::Index total = n * g;
   const Eigen::Index whole = p <= 64 ? total / p * p : 0;  // floats in whole periods
   const Eigen::Index vecs = p / 8;
+  float* const tail = s + whole;  // starts at head 0, like `lane`
+  const Eigen::Index tail_size = total - whole;
   alignas(32) float lane[64];
-  for (Eigen::Index r = 0; r < g; ++r) m[r] = -std::numeric_limits<float>::infinity();
+  // Head r's values in lane[0, p) and in the tail are every g-th from r;
+  // each head is folded in a register and stored once.
+  const auto fold = [g](const float* x, Eigen::Index size, Eigen::Index r, float acc, auto op) {
+    for (Eigen::Index i = r; i < size; i += g) acc = op(acc, x[i]);
+    return acc;
+  };
+  const auto max = [](float a, float b) { return std::max(a, b); };
+  const auto plus = [](float a, float b) { return a + b; };
+
   if (whole > 0) {
     __m256 mx[8];
     for (Eigen::Index v = 0; v < vecs; ++v) mx[v] = _mm256_loadu_ps(s + 8 * v);
@@ -261,13 +271,17 @@ inline void softmax_parts(float* s, Eigen::Index n, Eigen::Index g, float* m, fl
       }
     }
     for (Eigen::Index v = 0; v < vecs; ++v) _mm256_store_ps(lane + 8 * v, mx[v]);
-    for (Eigen::Index i = 0; i < p; ++i) m[i % g] = std::max(m[i % g], lane[i]);
   }
-  for (Eigen::Index i = whole; i < total; ++i) m[i % g] = std::max(m[i % g], s[i]);
+  for (Eigen::Index r = 0; r < g; ++r) {
+    float x = -std::numeric_limits<float>::infinity();
+    if (whole > 0) x = fold(lane, p, r, x, max);
+    m[r] = fold(tail, tail_size, r, x, max);
+  }
 
-  for (Eigen::Index i = 0; i < std::min(p, Eigen::Index(64)); ++i) lane[i] = m[i % g];
-  Eigen::Map<Eigen::ArrayXf> flat(s, total);
   if (whole > 0) {
+    for (Eigen::Index r = 0; r < g; ++r) {
+      for (Eigen::Index i = r; i < p; i += g) lane[i] = m[r];
+    }
     __m256 shift[8];
     for (Eigen::Index v = 0; v < vecs; ++v) shift[v] = _mm256_load_ps(lane + 8 * v);
     for (Eigen::Index i = 0; i < whole; i += p) {
@@ -276,10 +290,12 @@ inline void softmax_parts(float* s, Eigen::Index n, Eigen::Index g, float* m, fl
       }
     }
   }
-  for (Eigen::Index i = whole; i < total; ++i) s[i] -= m[i % g];
+  for (Eigen::Index r = 0; r < g; ++r) {
+    for (Eigen::Index i = r; i < tail_size; i += g) tail[i] -= m[r];
+  }
+  Eigen::Map<Eigen::ArrayXf> flat(s, total);
   flat = flat.exp();
 
-  for (Eigen::Index r = 0; r < g; ++r) l[r] = 0.0f;
   if (whole > 0) {
     __m256 sum[8];
     for (Eigen::Index v = 0; v < vecs; ++v) sum[v] = _mm256_setzero_ps();
@@ -289,9 +305,12 @@ inline void softmax_parts(float* s, Eigen::Index n, Eigen::Index g, float* m, fl
       }
     }
     for (Eigen::Index v = 0; v < vecs; ++v) _mm256_store_ps(lane + 8 * v, sum[v]);
-    for (Eigen::Index i = 0; i < p; ++i) l[i % g] += lane[i];
   }
-  for (Eigen::Index i = whole; i < total; ++i) l[i % g] += s[i];
+  for (Eigen::Index r = 0; r < g; ++r) {
+    float x = 0.0f;
+    if (whole > 0) x = fold(lane, p, r, x, plus);
+    l[r] = fold(tail, tail_size, r, x, plus);
+  }
 }
 
 /// s[j*g + r] = scale * c_j * q_r . k_j   (c == nullptr: c_j = 1)
