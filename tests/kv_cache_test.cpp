@@ -1,5 +1,8 @@
 #include <kvattn/cache/kv_cache.hpp>
 
+#include <algorithm>
+#include <cstdint>
+
 #include "test_util.hpp"
 
 using kvattn::KVCache;
@@ -143,4 +146,53 @@ TEST(KVCacheViews, BindToRefWithoutCopy) {
   EXPECT_EQ(ref.data(), cache.keys(0).data());  // a Ref of the view aliases the cache
   EXPECT_EQ(ref.rows(), 2);
   EXPECT_EQ(ref.cols(), 3);
+}
+
+// The cache's storage: zeroed, 64-byte aligned, and 2 MiB aligned from 4 MiB
+// up (the alignment transparent huge pages need); copies are deep.
+TEST(LargeBuffer, ZeroedAlignedAndDeepCopied) {
+  using Buffer = kvattn::detail::LargeBuffer<float>;
+  const auto address = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p); };
+
+  const Buffer empty;
+  EXPECT_EQ(empty.size(), 0);
+  EXPECT_EQ(empty.data(), nullptr);
+
+  {  // leave garbage where the allocator is likely to hand out the next buffer
+    Buffer junk(1000);
+    std::fill(junk.data(), junk.data() + 1000, 7.0f);
+  }
+  Buffer small(1000);
+  ASSERT_EQ(small.size(), 1000);
+  EXPECT_EQ(address(small.data()) % 64, 0u);
+  EXPECT_TRUE(std::all_of(small.data(), small.data() + 1000, [](float x) { return x == 0.0f; }));
+
+  const Eigen::Index n = Eigen::Index(Buffer::kHugeMin / sizeof(float)) + 3;  // just over 4 MiB
+  Buffer large(n);
+  EXPECT_EQ(address(large.data()) % Buffer::kHugePage, 0u);
+  EXPECT_TRUE(std::all_of(large.data(), large.data() + n, [](float x) { return x == 0.0f; }));
+
+  small.data()[7] = 3.5f;
+  Buffer copy(small);
+  ASSERT_EQ(copy.size(), 1000);
+  EXPECT_NE(copy.data(), small.data());
+  EXPECT_EQ(copy.data()[7], 3.5f);
+  copy.data()[7] = -1.0f;
+  EXPECT_EQ(small.data()[7], 3.5f);
+
+  large = copy;  // assignment replaces size and contents
+  EXPECT_EQ(large.size(), 1000);
+  EXPECT_EQ(large.data()[7], -1.0f);
+  large.swap(small);
+  EXPECT_EQ(large.data()[7], 3.5f);
+  EXPECT_EQ(small.data()[7], -1.0f);
+}
+
+TEST(LargeBuffer, BigCachesStartOnAHugePageBoundary) {
+  const KVCache<float> big(8, 128, 1024);  // 4 MiB of keys, 4 MiB of values
+  const KVCache<float> tiny(1, 4, 2);
+  const auto address = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p); };
+  EXPECT_EQ(address(big.key_data(0)) % (std::uintptr_t(2) << 20), 0u);
+  EXPECT_EQ(address(big.value_data(0)) % (std::uintptr_t(2) << 20), 0u);
+  EXPECT_EQ(address(tiny.key_data(0)) % 64, 0u);
 }

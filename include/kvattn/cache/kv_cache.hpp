@@ -10,12 +10,14 @@
 ///
 /// so a decode step streams each head's first size() rows front to back. The
 /// whole capacity is allocated once, at construction; append never allocates.
+/// Large caches ask the OS for transparent huge pages (detail/large_buffer.hpp).
 ///
 /// T is the compute type (what append takes and attention computes in);
 /// Storage is what the cache keeps (see cache/storage.hpp): T itself, or
 /// Eigen::bfloat16 / Eigen::half / std::int8_t to read fewer bytes per step.
 
 #include <kvattn/cache/storage.hpp>
+#include <kvattn/detail/large_buffer.hpp>
 #include <kvattn/error.hpp>
 #include <kvattn/types.hpp>
 
@@ -51,8 +53,8 @@ class KVCache {
       throw std::length_error(detail::concat(fn, ": n_kv_heads*head_dim*capacity = ", n_kv_heads,
                                              "*", head_dim, "*", capacity, " is too large"));
     }
-    k_.setZero(n_kv_heads * capacity * head_dim);
-    v_.setZero(n_kv_heads * capacity * head_dim);
+    k_ = Data(n_kv_heads * capacity * head_dim);
+    v_ = Data(n_kv_heads * capacity * head_dim);
     if (is_quantized) {
       k_scale_.setZero(n_kv_heads * capacity);
       v_scale_.setZero(n_kv_heads * capacity);
@@ -219,7 +221,7 @@ class KVCache {
  private:
   KVCache() = default;
 
-  using Data = Eigen::Matrix<Storage, Eigen::Dynamic, 1>;
+  using Data = detail::LargeBuffer<Storage>;  // zeroed; huge pages where the OS allows
 
   void check_head(Eigen::Index h, const char* fn) const {
     if (h < 0 || h >= n_kv_heads_) {
