@@ -27,6 +27,7 @@
 #include <kvattn/types.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <limits>
 
@@ -278,34 +279,29 @@ inline void softmax_parts(float* s, Eigen::Index n, Eigen::Index g, float* m, fl
     m[r] = fold(tail, tail_size, r, x, max);
   }
 
-  if (whole > 0) {
+  if (whole > 0) {  // one pass: subtract the maxima, exponentiate, store, sum
     for (Eigen::Index r = 0; r < g; ++r) {
       for (Eigen::Index i = r; i < p; i += g) lane[i] = m[r];
     }
-    __m256 shift[8];
-    for (Eigen::Index v = 0; v < vecs; ++v) shift[v] = _mm256_load_ps(lane + 8 * v);
-    for (Eigen::Index i = 0; i < whole; i += p) {
-      for (Eigen::Index v = 0; v < vecs; ++v) {
-        _mm256_storeu_ps(s + i + 8 * v, _mm256_sub_ps(_mm256_loadu_ps(s + i + 8 * v), shift[v]));
-      }
+    __m256 shift[8], sum[8];
+    for (Eigen::Index v = 0; v < vecs; ++v) {
+      shift[v] = _mm256_load_ps(lane + 8 * v);
+      sum[v] = _mm256_setzero_ps();
     }
-  }
-  for (Eigen::Index r = 0; r < g; ++r) {
-    for (Eigen::Index i = r; i < tail_size; i += g) tail[i] -= m[r];
-  }
-  Eigen::Map<Eigen::ArrayXf> flat(s, total);
-  flat = flat.exp();
-
-  if (whole > 0) {
-    __m256 sum[8];
-    for (Eigen::Index v = 0; v < vecs; ++v) sum[v] = _mm256_setzero_ps();
     for (Eigen::Index i = 0; i < whole; i += p) {
       for (Eigen::Index v = 0; v < vecs; ++v) {
-        sum[v] = _mm256_add_ps(sum[v], _mm256_loadu_ps(s + i + 8 * v));
+        const __m256 e = Eigen::internal::pexp<Eigen::internal::Packet8f>(
+            _mm256_sub_ps(_mm256_loadu_ps(s + i + 8 * v), shift[v]));
+        _mm256_storeu_ps(s + i + 8 * v, e);
+        sum[v] = _mm256_add_ps(sum[v], e);
       }
     }
     for (Eigen::Index v = 0; v < vecs; ++v) _mm256_store_ps(lane + 8 * v, sum[v]);
   }
+  for (Eigen::Index r = 0; r < g; ++r) {
+    for (Eigen::Index i = r; i < tail_size; i += g) tail[i] = std::exp(tail[i] - m[r]);
+  }
+
   for (Eigen::Index r = 0; r < g; ++r) {
     float x = 0.0f;
     if (whole > 0) x = fold(lane, p, r, x, plus);
