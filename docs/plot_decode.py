@@ -5,15 +5,19 @@ Reads the JSON that bench_attention writes and draws, for each thread count,
 the time of one decode step (GQA, 32 query heads, 8 KV heads, head_dim 128)
 for every storage type and the plain Eigen baseline, with the bandwidth floor
 of each storage type (bytes read / read bandwidth measured in the same run)
-as a dashed line.
+as a dashed line. With --benchmark_repetitions, each point is the median of
+the repetitions (aggregate rows are ignored).
 
-    ./build/bench/bench_attention --benchmark_out=bench.json --benchmark_out_format=json
+    ./build/bench/bench_attention --benchmark_repetitions=3 \
+        --benchmark_enable_random_interleaving=true \
+        --benchmark_out=bench.json --benchmark_out_format=json
     /usr/bin/python3 docs/plot_decode.py bench.json docs/decode_attention.png
 
 Needs Debian's python3-matplotlib.
 """
 import json
 import re
+import statistics
 import sys
 from collections import defaultdict
 
@@ -28,22 +32,27 @@ LABEL = {"float": "fp32", "Eigen::bfloat16": "bf16", "Eigen::half": "f16", "std:
 
 
 def main(src, dst):
-    runs = json.load(open(src))["benchmarks"]
-    bandwidth = {}
-    series = defaultdict(dict)  # (threads, label) -> {ctx: (ms, bytes)}
+    runs = [b for b in json.load(open(src))["benchmarks"] if b.get("run_type") != "aggregate"]
+    bandwidths = defaultdict(list)  # threads -> bytes/s of each repetition
+    times = defaultdict(list)  # (threads, label, ctx) -> ms of each repetition
+    step_bytes = {}
     for b in runs:
         name = b["name"]
         m = re.match(r"BM_ReadBandwidth/threads:(\d+)", name)
         if m:
-            bandwidth[int(m.group(1))] = b["bytes_per_second"]
+            bandwidths[int(m.group(1))].append(b["bytes_per_second"])
             continue
         m = NAME.match(name)
         if not m or int(m.group(3)) != 8:
             continue
         kind, storage, _, ctx, threads = m.groups()
-        label = LABEL[storage if kind == "Attention" else None]
-        ms = b["real_time"] if b.get("time_unit") == "ms" else b["real_time"] / 1e6
-        series[(int(threads), label)][int(ctx)] = (ms, b.get("bytes_per_step", 0.0))
+        key = (int(threads), LABEL[storage if kind == "Attention" else None], int(ctx))
+        times[key].append(b["real_time"] if b.get("time_unit") == "ms" else b["real_time"] / 1e6)
+        step_bytes[key] = b.get("bytes_per_step", 0.0)
+    bandwidth = {t: statistics.median(v) for t, v in bandwidths.items()}
+    series = defaultdict(dict)  # (threads, label) -> {ctx: (ms, bytes)}
+    for (threads, label, ctx), ms in times.items():
+        series[(threads, label)][ctx] = (statistics.median(ms), step_bytes[(threads, label, ctx)])
 
     thread_counts = sorted({t for t, _ in series})
     fig, axes = plt.subplots(1, len(thread_counts), figsize=(6 * len(thread_counts), 4.5), squeeze=False)
