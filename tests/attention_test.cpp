@@ -5,6 +5,7 @@
 
 #include "test_util.hpp"
 
+#include <cstdint>
 #include <cstring>
 #if defined(_OPENMP)
 #include <omp.h>
@@ -156,6 +157,18 @@ TEST(AttentionThreads, DecodeIsBitwiseIdenticalWithOneAndTwoThreads) {
 
   EXPECT_EQ(std::memcmp(out1.data(), out2.data(), sizeof(float) * size_t(out1.size())), 0);
   EXPECT_EQ(std::memcmp(y1.data(), y2.data(), sizeof(float) * size_t(y1.size())), 0);
+  EXPECT_TRUE(out1.allFinite());
+
+  // The same for an int8 cache (integer kernels, per-thread int16 scratch).
+  kvattn::KVCache<float, std::int8_t> c8(n_kv, hd, n_ctx);
+  c8.append(test::random_matrix<float>(n_ctx, n_kv * hd, rng),
+            test::random_matrix<float>(n_ctx, n_kv * hd, rng));
+  omp_set_num_threads(2);
+  kvattn::ops::attend_decode<float>(q.data(), c8, n_ctx, n_heads, 0.125f, out2.data(), scratch);
+  omp_set_num_threads(1);
+  kvattn::ops::attend_decode<float>(q.data(), c8, n_ctx, n_heads, 0.125f, out1.data(), scratch);
+  omp_set_num_threads(before);
+  EXPECT_EQ(std::memcmp(out1.data(), out2.data(), sizeof(float) * size_t(out1.size())), 0);
   EXPECT_TRUE(out1.allFinite());
 }
 #endif

@@ -29,6 +29,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <type_traits>
 
 #if defined(_OPENMP)
@@ -87,7 +88,8 @@ inline constexpr Eigen::Index kDecodeChunk = 256;
 
 /// Cached rows per tile: what one call of the group kernels reads (decoded
 /// into a small buffer first on the portable path when the cache stores
-/// another type than T).
+/// another type than T). The vectorized path reads the same bytes per tile:
+/// 2x the rows for 16-bit storage, 4x for int8.
 inline constexpr Eigen::Index kDecodeTile = 16;
 
 /// How many rows ahead of the tile being computed the decode kernel
@@ -101,48 +103,74 @@ inline constexpr Eigen::Index kDecodePrefetchRows = 16;
 ///   l_r   = sum_j exp(s_rj - m_r)
 ///   acc_r = sum_j exp(s_rj - m_r) v_j
 ///   q:      [group x head_dim] of KV head h     n in [1, kDecodeChunk]
-///   scores: [n x group] scratch                 tile: [kDecodeTile x head_dim] scratch
+///   scores: [n x group] scratch     tile: [kDecodeTile * head_dim + group] scratch
+///   codes:  [group * (head_dim + kDecodeChunk)] scratch (int8 storage)
 ///   acc:    [group x head_dim]; m, l: [group]
 /// Keys, then values, stream through in tiles of kDecodeTile rows, each read
 /// from memory once for the whole group (group_kernels.hpp). With AVX2/FMA,
 /// float compute and head_dim % 8 == 0, the kernels read the cache as stored
 /// and the tile kDecodePrefetchRows ahead is prefetched while one is
-/// computed; otherwise rows are decoded into `tile` and multiplied by Eigen.
+/// computed; int8 rows with head_dim % 16 == 0 take the integer kernels
+/// (queries and softmax weights quantized to int16 in `codes`). Otherwise
+/// rows are decoded into `tile` and multiplied by Eigen.
 template <class T, class Cache>
 void attend_chunk(const T* q, Eigen::Index group, const Cache& cache, Eigen::Index h,
-                  Eigen::Index first, Eigen::Index n, T scale, T* scores, T* tile, T* acc, T* m,
-                  T* l) {
+                  Eigen::Index first, Eigen::Index n, T scale, T* scores, T* tile,
+                  std::int16_t* codes, T* acc, T* m, T* l) {
   const Eigen::Index hd = cache.head_dim();
   eigen_assert(group >= 1 && n >= 1 && n <= kDecodeChunk);
   Eigen::Map<RowMatrix<T>> O(acc, group, hd);
 #if defined(KVATTN_GROUP_KERNELS_AVX2)
   if constexpr (std::is_same<T, float>::value) {
     if (hd % 8 == 0) {  // read the cache as stored, widening in registers
-      (void)tile;
       using Storage = typename Cache::StorageType;
       const Storage* k = cache.key_data(h) + first * hd;
       const Storage* v = cache.value_data(h) + first * hd;
       const T* k_scales = cache.key_scale_data(h);
       const T* v_scales = cache.value_scale_data(h);
-      // Prefetch the tile kDecodePrefetchRows rows ahead, in the order rows
-      // are consumed: keys, values, then the keys of the head's next chunk;
-      // never past the cached rows. a: rows into that sequence.
+      // Rows per kernel call: as many bytes as kDecodeTile fp32 rows (16-bit
+      // storage 2x, int8 4x the rows: fewer per-tile reductions and stores).
+      constexpr Eigen::Index per_float =
+          std::max<Eigen::Index>(1, 4 / Eigen::Index(sizeof(Storage)));
+      constexpr Eigen::Index tile_rows = kDecodeTile * per_float;
+      // Prefetch the tile kDecodePrefetchRows fp32 rows' worth ahead, in the
+      // order rows are consumed: keys, values, then the keys of the head's
+      // next chunk; never past the cached rows. a: rows into that sequence.
       const Eigen::Index row_bytes = hd * Eigen::Index(sizeof(Storage));
       auto ahead = [&](Eigen::Index a) {
         simd::Prefetch pf;
-        a += kDecodePrefetchRows;
+        a += kDecodePrefetchRows * per_float;
         const Storage* base = a < 2 * n && a >= n ? v : k;
         const Eigen::Index row = a < n ? a : a - n;  // rows after `first` in base
-        const Eigen::Index rows = std::min(kDecodeTile, cache.size() - (first + row));
+        const Eigen::Index rows = std::min(tile_rows, cache.size() - (first + row));
         if (rows <= 0) return pf;
         pf.p = reinterpret_cast<const char*>(base + row * hd);
         pf.bytes = rows * row_bytes;
         return pf;
       };
-      for (Eigen::Index j = 0; j < n; j += kDecodeTile) {
+      if constexpr (std::is_same<Storage, std::int8_t>::value) {
+        if (simd::integer_head_dim(hd)) {       // int8 in the integer domain
+          float* qs = tile + kDecodeTile * hd;  // [group], after the portable path's tile
+          simd::quantize_query(q, group, hd, codes, qs);
+          for (Eigen::Index j = 0; j < n; j += tile_rows) {
+            simd::group_scores_i8(codes, qs, group, hd, k + j * hd, k_scales + first + j,
+                                  std::min(tile_rows, n - j), scale, scores + j * group, ahead(j));
+          }
+          simd::softmax_parts(scores, n, group, m, l);
+          std::int16_t* w16 = codes + group * hd;
+          const float ws = simd::quantize_weights(scores, n, group, v_scales + first, w16);
+          O.setZero();
+          for (Eigen::Index j = 0; j < n; j += tile_rows) {  // j even: pair j/2
+            simd::group_accumulate_i8(w16 + j * group, group, hd, v + j * hd,
+                                      std::min(tile_rows, n - j), ws, acc, ahead(n + j));
+          }
+          return;
+        }
+      }
+      for (Eigen::Index j = 0; j < n; j += tile_rows) {
         simd::group_scores(q, group, hd, k + j * hd,
                            k_scales != nullptr ? k_scales + first + j : nullptr,
-                           std::min(kDecodeTile, n - j), scale, scores + j * group, ahead(j));
+                           std::min(tile_rows, n - j), scale, scores + j * group, ahead(j));
       }
       simd::softmax_parts(scores, n, group, m, l);
       if (v_scales != nullptr) {  // int8: fold each value row's scale into its weights
@@ -151,9 +179,9 @@ void attend_chunk(const T* q, Eigen::Index group, const Cache& cache, Eigen::Ind
         P.colwise() *= Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(v_scales + first, n);
       }
       O.setZero();
-      for (Eigen::Index j = 0; j < n; j += kDecodeTile) {
+      for (Eigen::Index j = 0; j < n; j += tile_rows) {
         simd::group_accumulate(scores + j * group, group, hd, v + j * hd,
-                               std::min(kDecodeTile, n - j), acc, ahead(n + j));
+                               std::min(tile_rows, n - j), acc, ahead(n + j));
       }
       return;
     }
@@ -183,8 +211,9 @@ struct AttentionScratch {
   Vector<T> keys, values;  // [n_ctx x head_dim] decoded rows (reduced storage only)
   // Decode (attend_decode):
   Vector<T> partial;  // [n_kv_heads * n_chunks][group][head_dim + 2]: acc, m, l
-  Vector<T> thread;   // [threads][group*kDecodeChunk + kDecodeTile*head_dim]
-  int threads = 0;    // threads `thread` is sized for
+  Vector<T> thread;   // [threads][per_thread]: scores, then a decoded tile
+  Eigen::Matrix<std::int16_t, Eigen::Dynamic, 1> codes;  // [threads][per_thread_codes]
+  int threads = 0;  // threads `thread` and `codes` are sized for
 
   /// Query tokens processed together in attend_causal (bounds the score buffer).
   static constexpr Eigen::Index tile_tokens = 32;
@@ -211,12 +240,20 @@ struct AttentionScratch {
     const int t = std::max(1, detail::max_threads());
     detail::grow(partial, n_kv_heads * chunks * group * (head_dim + 2));
     detail::grow(thread, Eigen::Index(t) * per_thread(group, head_dim));
-    threads = std::max(threads, int(thread.size() / per_thread(group, head_dim)));
+    detail::grow(codes, Eigen::Index(t) * per_thread_codes(group, head_dim));
+    threads = std::max(threads, int(std::min(thread.size() / per_thread(group, head_dim),
+                                             codes.size() / per_thread_codes(group, head_dim))));
   }
 
-  // scores [kDecodeChunk x group] (position-major), then a decoded tile [kDecodeTile x head_dim].
+  // scores [kDecodeChunk x group] (position-major), then a decoded tile
+  // [kDecodeTile x head_dim] and the query scales [group] of int8 storage.
   static Eigen::Index per_thread(Eigen::Index group, Eigen::Index head_dim) {
-    return group * kDecodeChunk + kDecodeTile * head_dim;
+    return group * kDecodeChunk + kDecodeTile * head_dim + group;
+  }
+  // int8 storage: int16 query codes [group x head_dim], then weight codes
+  // [kDecodeChunk x group].
+  static Eigen::Index per_thread_codes(Eigen::Index group, Eigen::Index head_dim) {
+    return group * (head_dim + kDecodeChunk);
   }
 };
 
@@ -239,18 +276,22 @@ void attend_decode(const T* q, const Cache& cache, Eigen::Index n_ctx, Eigen::In
   const Eigen::Index items = n_kv * chunks;
   const Eigen::Index stride = g * (hd + 2);  // one item's partial results
   const Eigen::Index per_thread = AttentionScratch<T>::per_thread(g, hd);
+  const Eigen::Index per_thread_codes = AttentionScratch<T>::per_thread_codes(g, hd);
   eigen_assert(n_ctx >= 1 && n_ctx <= cache.size() && n_heads % n_kv == 0);
   eigen_assert(scratch.partial.size() >= items * stride && scratch.threads >= 1 &&
-               scratch.thread.size() >= scratch.threads * per_thread);
+               scratch.thread.size() >= scratch.threads * per_thread &&
+               scratch.codes.size() >= scratch.threads * per_thread_codes);
   T* partial = scratch.partial.data();
   T* thread_buffers = scratch.thread.data();
   auto run_item = [&](Eigen::Index item) {
     const Eigen::Index h = item / chunks, c = item % chunks;
     const Eigen::Index first = c * kDecodeChunk, n = std::min(kDecodeChunk, n_ctx - first);
-    T* buf = thread_buffers + detail::thread_index() * per_thread;
+    const int t = detail::thread_index();
+    T* buf = thread_buffers + t * per_thread;
     T* acc = partial + item * stride;  // [g x hd], then m [g], then l [g]
-    attend_chunk<T>(q + h * g * hd, g, cache, h, first, n, scale, buf, buf + g * kDecodeChunk, acc,
-                    acc + g * hd, acc + g * hd + g);
+    attend_chunk<T>(q + h * g * hd, g, cache, h, first, n, scale, buf, buf + g * kDecodeChunk,
+                    scratch.codes.data() + t * per_thread_codes, acc, acc + g * hd,
+                    acc + g * hd + g);
   };
 #if defined(_OPENMP)
   // Threads pay off once the step reads more than about 1 MiB of cache; a
