@@ -120,6 +120,7 @@ void attend_chunk(const T* q, Eigen::Index group, const Cache& cache, Eigen::Ind
   const Eigen::Index hd = cache.head_dim();
   eigen_assert(group >= 1 && n >= 1 && n <= kDecodeChunk);
   Eigen::Map<RowMatrix<T>> O(acc, group, hd);
+  (void)codes;  // used by the int8 integer kernels only
 #if defined(KVATTN_GROUP_KERNELS_AVX2)
   if constexpr (std::is_same<T, float>::value) {
     if (hd % 8 == 0) {  // read the cache as stored, widening in registers
