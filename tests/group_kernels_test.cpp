@@ -11,6 +11,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <iterator>
 #include <vector>
 
 namespace {
@@ -46,12 +47,14 @@ const Eigen::Index kGroups[] = {1, 2, 3, 4, 5, 8, 12, 13, 32};
 const Eigen::Index kRows[] = {1, 7, 16};
 const Eigen::Index kHeadDims[] = {8, 24, 128};
 
-// Calls f(g, n, hd) for every group size, row count and head dim above.
-template <class F>
-void for_each_shape(F&& f) {
+// Calls f(g, n, hd) for every group size and the given row counts and head
+// dims (by default those above).
+template <class F, size_t Rows = std::size(kRows), size_t Dims = std::size(kHeadDims)>
+void for_each_shape(F&& f, const Eigen::Index (&rows)[Rows] = kRows,
+                    const Eigen::Index (&head_dims)[Dims] = kHeadDims) {
   for (Eigen::Index g : kGroups) {
-    for (Eigen::Index n : kRows) {
-      for (Eigen::Index hd : kHeadDims) f(g, n, hd);
+    for (Eigen::Index n : rows) {
+      for (Eigen::Index hd : head_dims) f(g, n, hd);
     }
   }
 }
@@ -143,16 +146,7 @@ TEST(GroupSoftmax, PartsMatchPlainLoops) {
 namespace {
 
 const Eigen::Index kIntRows[] = {1, 2, 7, 16};
-const Eigen::Index kIntHeadDims[] = {16, 48, 128};
-
-template <class F>
-void for_each_integer_shape(F&& f) {
-  for (Eigen::Index g : kGroups) {
-    for (Eigen::Index n : kIntRows) {
-      for (Eigen::Index hd : kIntHeadDims) f(g, n, hd);
-    }
-  }
-}
+const Eigen::Index kIntHeadDims[] = {16, 48, 128};  // multiples of 16
 
 }  // namespace
 
@@ -181,32 +175,35 @@ TEST(GroupKernelsInt8, QueryCodesAreRoundedWithMaximalScale) {
 
 TEST(GroupKernelsInt8, ScoresAreExactIntegerDotsWithinQueryRounding) {
   std::mt19937 rng(16);
-  for_each_integer_shape([&](Eigen::Index g, Eigen::Index n, Eigen::Index hd) {
-    const RowMatrix<float> q = test::random_matrix<float>(g, hd, rng, 2.0);
-    const Stored<std::int8_t> k(test::random_matrix<float>(n, hd, rng, 2.0));
-    std::vector<std::int16_t> q16(size_t(g * hd));
-    std::vector<float> qs(static_cast<size_t>(g)), s(static_cast<size_t>(n * g), -1e30f);
-    kvattn::ops::simd::quantize_query(q.data(), g, hd, q16.data(), qs.data());
-    const float scale = 0.3f;
-    kvattn::ops::simd::group_scores_i8(q16.data(), qs.data(), g, hd, k.data(), k.scales(), n, scale,
-                                       s.data());
-    for (Eigen::Index j = 0; j < n; ++j) {
-      for (Eigen::Index r = 0; r < g; ++r) {
-        double exact = 0, dot = 0, rounding = 0;
-        for (Eigen::Index d = 0; d < hd; ++d) {
-          exact += double(q16[size_t(r * hd + d)]) * k.raw(j, d);
-          dot += double(q(r, d)) * k.raw(j, d);
-          rounding += std::abs(k.raw(j, d)) * 0.5 * double(qs[size_t(r)]);
+  for_each_shape(
+      [&](Eigen::Index g, Eigen::Index n, Eigen::Index hd) {
+        const RowMatrix<float> q = test::random_matrix<float>(g, hd, rng, 2.0);
+        const Stored<std::int8_t> k(test::random_matrix<float>(n, hd, rng, 2.0));
+        std::vector<std::int16_t> q16(size_t(g * hd));
+        std::vector<float> qs(static_cast<size_t>(g)), s(static_cast<size_t>(n * g), -1e30f);
+        kvattn::ops::simd::quantize_query(q.data(), g, hd, q16.data(), qs.data());
+        const float scale = 0.3f;
+        kvattn::ops::simd::group_scores_i8(q16.data(), qs.data(), g, hd, k.data(), k.scales(), n,
+                                           scale, s.data());
+        for (Eigen::Index j = 0; j < n; ++j) {
+          for (Eigen::Index r = 0; r < g; ++r) {
+            double exact = 0, dot = 0, rounding = 0;
+            for (Eigen::Index d = 0; d < hd; ++d) {
+              exact += double(q16[size_t(r * hd + d)]) * k.raw(j, d);
+              dot += double(q(r, d)) * k.raw(j, d);
+              rounding += std::abs(k.raw(j, d)) * 0.5 * double(qs[size_t(r)]);
+            }
+            const double f = double(scale) * k.scale(j);
+            const double got = s[size_t(j * g + r)];
+            ASSERT_NEAR(got, f * double(qs[size_t(r)]) * exact,
+                        1e-6 * std::abs(f) * rounding * 65534)
+                << "g " << g << " n " << n << " hd " << hd << " row " << j << " head " << r;
+            ASSERT_NEAR(got, f * dot, f * rounding * 1.001)
+                << "g " << g << " n " << n << " hd " << hd << " row " << j << " head " << r;
+          }
         }
-        const double f = double(scale) * k.scale(j);
-        const double got = s[size_t(j * g + r)];
-        ASSERT_NEAR(got, f * double(qs[size_t(r)]) * exact, 1e-6 * std::abs(f) * rounding * 65534)
-            << "g " << g << " n " << n << " hd " << hd << " row " << j << " head " << r;
-        ASSERT_NEAR(got, f * dot, f * rounding * 1.001)
-            << "g " << g << " n " << n << " hd " << hd << " row " << j << " head " << r;
-      }
-    }
-  });
+      },
+      kIntRows, kIntHeadDims);
 }
 
 TEST(GroupKernelsInt8, WeightCodesPairRowsAndRound) {
@@ -240,31 +237,33 @@ TEST(GroupKernelsInt8, WeightCodesPairRowsAndRound) {
 TEST(GroupKernelsInt8, AccumulateIsExactIntegerSumWithinWeightRounding) {
   std::mt19937 rng(18);
   std::uniform_real_distribution<float> unit(0.0f, 1.0f);
-  for_each_integer_shape([&](Eigen::Index g, Eigen::Index n, Eigen::Index hd) {
-    RowMatrix<float> p(n, g);
-    for (Eigen::Index i = 0; i < p.size(); ++i) p.data()[i] = unit(rng);
-    const Stored<std::int8_t> v(test::random_matrix<float>(n, hd, rng, 2.0));
-    std::vector<std::int16_t> w(size_t((n + 1) / 2 * 2 * g));
-    const float ws = kvattn::ops::simd::quantize_weights(p.data(), n, g, v.scales(), w.data());
-    RowMatrix<float> o = test::random_matrix<float>(g, hd, rng);  // accumulated into
-    const RowMatrix<float> o0 = o;
-    kvattn::ops::simd::group_accumulate_i8(w.data(), g, hd, v.data(), n, ws, o.data());
-    for (Eigen::Index r = 0; r < g; ++r) {
-      for (Eigen::Index d = 0; d < hd; ++d) {
-        double exact = 0, want = o0(r, d), rounding = 0, mag = std::abs(o0(r, d));
-        for (Eigen::Index j = 0; j < n; ++j) {
-          exact += double(w[size_t((j / 2) * 2 * g + 2 * r + j % 2)]) * v.raw(j, d);
-          want += double(p(j, r)) * v.scale(j) * v.raw(j, d);
-          rounding += std::abs(v.raw(j, d)) * 0.5 * double(ws);
-          mag += std::abs(double(p(j, r)) * v.scale(j) * v.raw(j, d));
+  for_each_shape(
+      [&](Eigen::Index g, Eigen::Index n, Eigen::Index hd) {
+        RowMatrix<float> p(n, g);
+        for (Eigen::Index i = 0; i < p.size(); ++i) p.data()[i] = unit(rng);
+        const Stored<std::int8_t> v(test::random_matrix<float>(n, hd, rng, 2.0));
+        std::vector<std::int16_t> w(size_t((n + 1) / 2 * 2 * g));
+        const float ws = kvattn::ops::simd::quantize_weights(p.data(), n, g, v.scales(), w.data());
+        RowMatrix<float> o = test::random_matrix<float>(g, hd, rng);  // accumulated into
+        const RowMatrix<float> o0 = o;
+        kvattn::ops::simd::group_accumulate_i8(w.data(), g, hd, v.data(), n, ws, o.data());
+        for (Eigen::Index r = 0; r < g; ++r) {
+          for (Eigen::Index d = 0; d < hd; ++d) {
+            double exact = 0, want = o0(r, d), rounding = 0, mag = std::abs(o0(r, d));
+            for (Eigen::Index j = 0; j < n; ++j) {
+              exact += double(w[size_t((j / 2) * 2 * g + 2 * r + j % 2)]) * v.raw(j, d);
+              want += double(p(j, r)) * v.scale(j) * v.raw(j, d);
+              rounding += std::abs(v.raw(j, d)) * 0.5 * double(ws);
+              mag += std::abs(double(p(j, r)) * v.scale(j) * v.raw(j, d));
+            }
+            ASSERT_NEAR(o(r, d), o0(r, d) + double(ws) * exact, 1e-6 * mag)
+                << "g " << g << " n " << n << " hd " << hd << " head " << r << " d " << d;
+            ASSERT_NEAR(o(r, d), want, rounding * 1.001 + 1e-6 * mag)
+                << "g " << g << " n " << n << " hd " << hd << " head " << r << " d " << d;
+          }
         }
-        ASSERT_NEAR(o(r, d), o0(r, d) + double(ws) * exact, 1e-6 * mag)
-            << "g " << g << " n " << n << " hd " << hd << " head " << r << " d " << d;
-        ASSERT_NEAR(o(r, d), want, rounding * 1.001 + 1e-6 * mag)
-            << "g " << g << " n " << n << " hd " << hd << " head " << r << " d " << d;
-      }
-    }
-  });
+      },
+      kIntRows, kIntHeadDims);
 }
 
 #endif  // KVATTN_GROUP_KERNELS_AVX2
