@@ -81,3 +81,23 @@ TEST(NoMalloc, DecodeStepAllocatesNothing) {
     EXPECT_TRUE(y.allFinite());
   }
 }
+
+// The same with 16-bit weights, at a d_model whose stacked Wq|Wk|Wv (3 MiB
+// in bfloat16) takes the threaded matrix-vector path, and a bfloat16 cache.
+TEST(NoMalloc, DecodeStepWithReducedWeightsAllocatesNothing) {
+  const kvattn::AttentionConfig c{1024, 16, 4, 64, kvattn::RopeStyle::HalfSplit};
+  std::mt19937 rng(3);
+  const kvattn::MultiHeadAttention<float, Eigen::bfloat16> layer(
+      c, test::random_weights<float>(c, rng, false));
+  kvattn::KVCache<float, Eigen::bfloat16> cache = layer.make_cache<Eigen::bfloat16>(64);
+  kvattn::AttentionWorkspace<float> ws;
+  const kvattn::Vector<float> x = test::random_vector<float>(c.d_model, rng);
+  kvattn::Vector<float> y(c.d_model);
+  layer.step(x, cache, y, ws);
+  const int seen = allocations_during([&] {
+    for (int t = 0; t < 40; ++t) layer.step(x, cache, y, ws);
+  });
+  EXPECT_EQ(seen, 0);
+  EXPECT_EQ(cache.size(), 41);
+  EXPECT_TRUE(y.allFinite());
+}

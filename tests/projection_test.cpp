@@ -1,5 +1,8 @@
 #include <kvattn/layers/projection.hpp>
 
+#include <cmath>
+#include <utility>
+
 #include "reference.hpp"
 #include "test_util.hpp"
 
@@ -160,4 +163,102 @@ TEST(QKVProjectionErrors, WeightShapesMustMatchTheConfig) {
   test::expect_throw_with<std::invalid_argument>(
       [&] { (void)proj.forward_batch(kvattn::RowMatrix<float>::Ones(2, 9)); },
       {"QKVProjection::forward_batch: x has 9 columns, expected d_model = 8"});
+}
+
+// ---------------------------------------------------------------------------
+// Reduced weights: Linear<float, bfloat16 | half> and QKVProjection likewise.
+// ---------------------------------------------------------------------------
+
+template <class W>
+class ReducedWeights : public ::testing::Test {};
+using WeightTypes = ::testing::Types<Eigen::bfloat16, Eigen::half>;
+TYPED_TEST_SUITE(ReducedWeights, WeightTypes);
+
+// Rounding at construction, by hand: bfloat16 keeps 8 significant bits
+// (spacing 2^-7 in [1, 2)), half 11 (spacing 2^-10), both round to nearest
+// even; half saturates at its largest finite value, 65504.
+//   1 + 2^-9 -> 1 (bf16)        1 + 2^-12 -> 1 (half)
+//   1 + 3*2^-9 -> 1 + 2^-7      1 + 3*2^-12 -> 1 + 2^-10   (above the midpoint)
+//   1 + 2^-8 -> 1 (tie, even)   1 + 2^-11 -> 1 (tie, even)
+//   -70000 -> -70144 (bf16: spacing 512 in [2^16, 2^17))    -70000 -> -65504 (half)
+TEST(ReducedWeights, RoundedOnceAtConstruction) {
+  const double h9 = std::ldexp(1.0, -9), h12 = std::ldexp(1.0, -12);
+  kvattn::RowMatrix<float> w(1, 4);
+  w << float(1 + h9), float(1 + 3 * h9), float(1 + 2 * h9), -70000.0f;
+  const Linear<float, Eigen::bfloat16> bf(w);
+  EXPECT_EQ(float(bf.weight()(0, 0)), 1.0f);
+  EXPECT_EQ(float(bf.weight()(0, 1)), float(1 + std::ldexp(1.0, -7)));
+  EXPECT_EQ(float(bf.weight()(0, 2)), 1.0f);
+  EXPECT_EQ(float(bf.weight()(0, 3)), -70144.0f);
+
+  w << float(1 + h12), float(1 + 3 * h12), float(1 + 2 * h12), -70000.0f;
+  const Linear<float, Eigen::half> hf(w);
+  EXPECT_EQ(float(hf.weight()(0, 0)), 1.0f);
+  EXPECT_EQ(float(hf.weight()(0, 1)), float(1 + std::ldexp(1.0, -10)));
+  EXPECT_EQ(float(hf.weight()(0, 2)), 1.0f);
+  EXPECT_EQ(float(hf.weight()(0, 3)), -65504.0f);
+  // x = (1, 1, 1, 0): y = 1 + (1 + 2^-10) + 1 = 3 + 2^-10, exact in float.
+  kvattn::Vector<float> x(4);
+  x << 1, 1, 1, 0;
+  EXPECT_EQ(hf.forward(x)(0), float(3 + std::ldexp(1.0, -10)));
+}
+
+// Whatever the summation order, a float sum of n products is within
+// gamma_n = n u / (1 - n u) (u = 2^-24) of the exact sum, relative to sum |w_i x_i|.
+// The kernels must meet that bound against a double product of the rounded
+// weights, for shapes that take every path: 4-row blocks and leftover rows,
+// in % 16 == 0 and == 8, in % 8 != 0 (portable loop), and matrices of more
+// than 1 MiB (row blocks on threads).
+TYPED_TEST(ReducedWeights, ProductsWithinTheFloatBoundOfTheRoundedWeights) {
+  using W = TypeParam;
+  std::mt19937 rng(5);
+  const std::pair<Eigen::Index, Eigen::Index> shapes[] = {
+      {1, 8}, {3, 16}, {5, 24}, {7, 40}, {67, 128}, {9, 12}, {6, 4104}, {300, 2048}};
+  for (const auto& [out, in] : shapes) {
+    SCOPED_TRACE(testing::Message() << out << "x" << in);
+    const kvattn::RowMatrix<float> w = test::random_matrix<float>(out, in, rng);
+    const kvattn::Vector<float> b = test::random_vector<float>(out, rng);
+    const kvattn::RowMatrix<float> x = test::random_matrix<float>(3, in, rng, 2.0);
+    const Linear<float, W> lin(w, b);
+    // Independent rounding: Eigen's scalar conversion.
+    const kvattn::RowMatrix<double> wr = w.cast<W>().template cast<double>();
+    ASSERT_TRUE(lin.weight().template cast<double>() == wr);
+    const double u = std::ldexp(1.0, -24), gamma = (in + 1) * u / (1 - (in + 1) * u);
+    const kvattn::RowMatrix<float> batch = lin.forward_batch(x);
+    for (Eigen::Index t = 0; t < x.rows(); ++t) {
+      const kvattn::Vector<double> xt = x.row(t).transpose().cast<double>();
+      const kvattn::Vector<double> exact = reference::linear(wr, b.cast<double>(), xt);
+      const kvattn::Vector<double> magnitude =
+          wr.cwiseAbs() * xt.cwiseAbs() + b.cast<double>().cwiseAbs();
+      const kvattn::Vector<float> one = lin.forward(x.row(t).transpose());
+      for (Eigen::Index o = 0; o < out; ++o) {
+        EXPECT_LE(std::abs(one(o) - exact(o)), gamma * magnitude(o))
+            << "token " << t << " row " << o;
+        EXPECT_LE(std::abs(batch(t, o) - exact(o)), gamma * magnitude(o))
+            << "batch token " << t << " row " << o;
+      }
+    }
+  }
+}
+
+// The stacked projection rounds each of Wq, Wk, Wv like Linear and gives the
+// products of the rounded weights (float against the double reference).
+TYPED_TEST(ReducedWeights, QKVProjectionUsesTheRoundedWeights) {
+  using W = TypeParam;
+  std::mt19937 rng(12);
+  const AttentionConfig c{32, 4, 2, 8};
+  const kvattn::AttentionWeights<float> w = test::random_weights<float>(c, rng, true);
+  const QKVProjection<float, W> proj(c, w.wq, w.wk, w.wv, w.bq, w.bk, w.bv);
+  const kvattn::RowMatrix<double> wq = w.wq.cast<W>().template cast<double>();
+  const kvattn::RowMatrix<double> wk = w.wk.cast<W>().template cast<double>();
+  const kvattn::RowMatrix<double> wv = w.wv.cast<W>().template cast<double>();
+  EXPECT_TRUE(proj.wq().template cast<double>() == wq);
+  EXPECT_TRUE(proj.wk().template cast<double>() == wk);
+  EXPECT_TRUE(proj.wv().template cast<double>() == wv);
+  const kvattn::Vector<float> x = test::random_vector<float>(c.d_model, rng);
+  const kvattn::Vector<double> xd = x.cast<double>();
+  const kvattn::QKV<float> out = proj.forward(x);
+  EXPECT_TRUE(test::close(out.q.transpose(), reference::linear(wq, w.bq.cast<double>(), xd), 1e-5));
+  EXPECT_TRUE(test::close(out.k.transpose(), reference::linear(wk, w.bk.cast<double>(), xd), 1e-5));
+  EXPECT_TRUE(test::close(out.v.transpose(), reference::linear(wv, w.bv.cast<double>(), xd), 1e-5));
 }

@@ -11,6 +11,9 @@
 ///   Y = H Wo^T + bo                                     [n_new x d_model]
 ///
 /// with g = n_heads / n_kv_heads. MHA, GQA and MQA are the same class.
+/// MultiHeadAttention<float, Eigen::bfloat16> (or Eigen::half) keeps Wq, Wk,
+/// Wv and Wo in 16 bits (layers/projection.hpp); the cache's storage type is
+/// chosen separately, per cache.
 
 #include <kvattn/cache/kv_cache.hpp>
 #include <kvattn/config.hpp>
@@ -55,17 +58,20 @@ class AttentionWorkspace {
   }
 
  private:
-  template <class>
+  template <class, class>
   friend class MultiHeadAttention;
   Vector<T> qkv_;    // [n_new x q_dim + 2*kv_dim]
   Vector<T> heads_;  // [n_new x q_dim]: attention output before Wo
   ops::AttentionScratch<T> attention_;
 };
 
-template <class T>
+/// T: the compute type. Weight: how the four projections keep their weights
+/// (T, or Eigen::bfloat16 / Eigen::half for float).
+template <class T, class Weight = T>
 class MultiHeadAttention {
  public:
   using Scalar = T;
+  using WeightType = Weight;
 
   /// Validates config and weight shapes (std::invalid_argument naming the
   /// weight, the expected and the actual shape).
@@ -76,8 +82,8 @@ class MultiHeadAttention {
         rope_(config_.head_dim, config_.rope, config_.rope_theta) {}
 
   const AttentionConfig& config() const { return config_; }
-  const QKVProjection<T>& qkv() const { return qkv_; }
-  const Linear<T>& output() const { return wo_; }
+  const QKVProjection<T, Weight>& qkv() const { return qkv_; }
+  const Linear<T, Weight>& output() const { return wo_; }
   const RotaryEmbedding<T>& rope() const { return rope_; }
 
   /// A cache of the shape this layer needs, storing Storage (see cache/storage.hpp).
@@ -175,7 +181,7 @@ class MultiHeadAttention {
 
     Eigen::Map<RowMatrix<T>> qkv(ws.qkv_.data(), n_new, qkv_.out_dim());  // q | k | v per token
     Eigen::Map<RowMatrix<T>> heads(ws.heads_.data(), n_new, q_dim);
-    ops::linear_batch<T>(qkv_.stacked_weight(), qkv_.stacked_bias(), x, qkv);
+    ops::linear_batch<T, Weight>(qkv_.stacked_weight(), qkv_.stacked_bias(), x, qkv);
     if (config_.rope != RopeStyle::None) {
       rope_.apply(qkv.leftCols(q_dim), pos);
       rope_.apply(qkv.middleCols(q_dim, kv_dim), pos);
@@ -184,7 +190,7 @@ class MultiHeadAttention {
     try {
       ops::attend_causal<T>(qkv.leftCols(q_dim), cache, pos, config_.n_heads,
                             static_cast<T>(config_.scale()), heads, ws.attention_);
-      ops::linear_batch<T>(wo_.weight(), wo_.bias(), heads, y);
+      ops::linear_batch<T, Weight>(wo_.weight(), wo_.bias(), heads, y);
     } catch (...) {
       cache.truncate(pos);  // e.g. std::bad_alloc inside a matrix product: undo the append
       throw;
@@ -192,8 +198,8 @@ class MultiHeadAttention {
   }
 
   AttentionConfig config_;
-  QKVProjection<T> qkv_;
-  Linear<T> wo_;
+  QKVProjection<T, Weight> qkv_;
+  Linear<T, Weight> wo_;
   RotaryEmbedding<T> rope_;
   AttentionWorkspace<T> workspace_;  // used by the two-argument forward and step
 };

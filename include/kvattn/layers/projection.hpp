@@ -1,27 +1,71 @@
 #pragma once
 /// \file
 /// Linear (y = W x + b) and QKVProjection (q = Wq x, k = Wk x, v = Wv x).
+///
+/// Both take their weights in the compute type T and keep them as the
+/// template parameter Weight: T itself (default), or, for T = float,
+/// Eigen::bfloat16 or Eigen::half, rounded once at construction (as a KV
+/// cache stores its rows: round to nearest even; half saturates at +-65504).
+/// Reduced weights halve the bytes a decode step reads; the products still
+/// accumulate in T.
 
+#include <kvattn/cache/storage.hpp>
 #include <kvattn/config.hpp>
 #include <kvattn/error.hpp>
 #include <kvattn/ops/linear.hpp>
 #include <kvattn/types.hpp>
 
+#include <type_traits>
 #include <utility>
 
 namespace kvattn {
 
+namespace detail {
+
+/// How a layer keeps its weights: T itself, or bfloat16 / half for float.
+template <class T, class Weight>
+struct WeightTraits {
+  static_assert(std::is_same<Weight, T>::value || (std::is_same<T, float>::value &&
+                                                   (std::is_same<Weight, Eigen::bfloat16>::value ||
+                                                    std::is_same<Weight, Eigen::half>::value)),
+                "weights must be stored as the compute type T, or as Eigen::bfloat16 or "
+                "Eigen::half when T is float");
+};
+
+/// dst = src rounded to Weight row by row (encode_row: the cache's rounding).
+template <class T, class Weight>
+void encode_weights(const Eigen::Ref<const RowMatrix<T>>& src, Eigen::Ref<RowMatrix<Weight>> dst) {
+  eigen_assert(src.rows() == dst.rows() && src.cols() == dst.cols());
+  for (Eigen::Index r = 0; r < src.rows(); ++r) {
+    encode_row<T, Weight>(src.row(r).data(), src.cols(), dst.row(r).data(), nullptr);
+  }
+}
+
+template <class T, class Weight>
+RowMatrix<Weight> encoded_weights(RowMatrix<T>&& w) {
+  if constexpr (std::is_same<Weight, T>::value) {
+    return std::move(w);
+  } else {
+    RowMatrix<Weight> out(w.rows(), w.cols());
+    encode_weights<T, Weight>(w, out);
+    return out;
+  }
+}
+
+}  // namespace detail
+
 /// y = W x + b with W: [out x in] (row-major, as nn.Linear stores it) and
-/// b: [out] or empty (no bias).
-template <class T>
-class Linear {
+/// b: [out] or empty (no bias). W is kept as Weight (see the file comment).
+template <class T, class Weight = T>
+class Linear : detail::WeightTraits<T, Weight> {
  public:
   using Scalar = T;
+  using WeightType = Weight;
 
   /// Throws std::invalid_argument if weight is empty or bias is neither empty
   /// nor of size weight.rows().
   explicit Linear(RowMatrix<T> weight, Vector<T> bias = Vector<T>())
-      : w_(std::move(weight)), b_(std::move(bias)) {
+      : w_(detail::encoded_weights<T, Weight>(std::move(weight))), b_(std::move(bias)) {
     constexpr const char* fn = "Linear";
     if (w_.rows() == 0 || w_.cols() == 0) {
       throw std::invalid_argument(detail::concat(fn, ": weight has shape ",
@@ -33,15 +77,15 @@ class Linear {
 
   Eigen::Index in_features() const { return w_.cols(); }
   Eigen::Index out_features() const { return w_.rows(); }
-  const RowMatrix<T>& weight() const { return w_; }  ///< [out x in]
-  const Vector<T>& bias() const { return b_; }       ///< [out] or empty
+  const RowMatrix<Weight>& weight() const { return w_; }  ///< [out x in]
+  const Vector<T>& bias() const { return b_; }            ///< [out] or empty
   bool has_bias() const { return b_.size() != 0; }
 
   /// One token: x [in] -> y [out].
   Vector<T> forward(const Eigen::Ref<const Vector<T>>& x) const {
     check_in("Linear::forward", x.size(), "elements");
     Vector<T> y(out_features());
-    ops::linear<T>(w_, b_, x, y);
+    ops::linear<T, Weight>(w_, b_, x, y);
     return y;
   }
 
@@ -49,14 +93,14 @@ class Linear {
   void forward(const Eigen::Ref<const Vector<T>>& x, Eigen::Ref<Vector<T>> y) const {
     check_in("Linear::forward", x.size(), "elements");
     detail::check_size("Linear::forward", "y", y.size(), "out_features", out_features());
-    ops::linear<T>(w_, b_, x, y);
+    ops::linear<T, Weight>(w_, b_, x, y);
   }
 
   /// A batch: X [n x in] -> Y [n x out], one token per row.
   RowMatrix<T> forward_batch(const Eigen::Ref<const RowMatrix<T>>& x) const {
     check_in("Linear::forward_batch", x.cols(), "columns");
     RowMatrix<T> y(x.rows(), out_features());
-    ops::linear_batch<T>(w_, b_, x, y);
+    ops::linear_batch<T, Weight>(w_, b_, x, y);
     return y;
   }
 
@@ -65,7 +109,7 @@ class Linear {
     check_in("Linear::forward_batch", x.cols(), "columns");
     detail::check_shape("Linear::forward_batch", "y", y.rows(), y.cols(),
                         "[x.rows() x out_features]", x.rows(), out_features());
-    ops::linear_batch<T>(w_, b_, x, y);
+    ops::linear_batch<T, Weight>(w_, b_, x, y);
   }
 
  private:
@@ -76,8 +120,8 @@ class Linear {
     }
   }
 
-  RowMatrix<T> w_;  // [out x in]
-  Vector<T> b_;     // [out] or empty
+  RowMatrix<Weight> w_;  // [out x in]
+  Vector<T> b_;          // [out] or empty
 };
 
 /// q, k, v for a batch: q [n x n_heads*head_dim], k and v [n x n_kv_heads*head_dim].
@@ -93,10 +137,12 @@ struct QKV {
 /// The three matrices are stored stacked in one [q_dim + 2*kv_dim x d_model]
 /// matrix so that one pass over the weights (one matrix-vector product on
 /// decode) produces q | k | v side by side. wq(), wk(), wv() are views of it.
-template <class T>
-class QKVProjection {
+/// The weights are kept as Weight (see the file comment).
+template <class T, class Weight = T>
+class QKVProjection : detail::WeightTraits<T, Weight> {
  public:
   using Scalar = T;
+  using WeightType = Weight;
 
   /// Throws std::invalid_argument if the config is invalid or a weight or bias
   /// shape does not match it. Empty biases mean no bias.
@@ -118,9 +164,9 @@ class QKVProjection {
     if (bk.size() != 0) detail::check_size(fn, "bk", bk.size(), "n_kv_heads*head_dim", kv_dim_);
     if (bv.size() != 0) detail::check_size(fn, "bv", bv.size(), "n_kv_heads*head_dim", kv_dim_);
     w_.resize(out_dim(), d_model_);
-    w_.topRows(q_dim_) = wq;
-    w_.middleRows(q_dim_, kv_dim_) = wk;
-    w_.bottomRows(kv_dim_) = wv;
+    detail::encode_weights<T, Weight>(wq, w_.topRows(q_dim_));
+    detail::encode_weights<T, Weight>(wk, w_.middleRows(q_dim_, kv_dim_));
+    detail::encode_weights<T, Weight>(wv, w_.bottomRows(kv_dim_));
     if (bq.size() + bk.size() + bv.size() != 0) {
       b_.setZero(out_dim());
       if (bq.size() != 0) b_.head(q_dim_) = bq;
@@ -135,13 +181,13 @@ class QKVProjection {
   Eigen::Index out_dim() const { return q_dim_ + 2 * kv_dim_; }  ///< width of q | k | v
 
   /// Wq: [n_heads*head_dim x d_model].
-  Eigen::Map<const RowMatrix<T>> wq() const { return rows(0, q_dim_); }
+  Eigen::Map<const RowMatrix<Weight>> wq() const { return rows(0, q_dim_); }
   /// Wk: [n_kv_heads*head_dim x d_model].
-  Eigen::Map<const RowMatrix<T>> wk() const { return rows(q_dim_, kv_dim_); }
+  Eigen::Map<const RowMatrix<Weight>> wk() const { return rows(q_dim_, kv_dim_); }
   /// Wv: [n_kv_heads*head_dim x d_model].
-  Eigen::Map<const RowMatrix<T>> wv() const { return rows(q_dim_ + kv_dim_, kv_dim_); }
+  Eigen::Map<const RowMatrix<Weight>> wv() const { return rows(q_dim_ + kv_dim_, kv_dim_); }
   /// The stacked [Wq; Wk; Wv]: [q_dim + 2*kv_dim x d_model].
-  const RowMatrix<T>& stacked_weight() const { return w_; }
+  const RowMatrix<Weight>& stacked_weight() const { return w_; }
   /// The stacked [bq; bk; bv] ([q_dim + 2*kv_dim], missing parts zero) or empty.
   const Vector<T>& stacked_bias() const { return b_; }
 
@@ -152,14 +198,14 @@ class QKVProjection {
     detail::check_cols(fn, "x", x.cols(), "d_model", d_model_);
     detail::check_shape(fn, "qkv", qkv.rows(), qkv.cols(), "[x.rows() x q_dim+2*kv_dim]", x.rows(),
                         out_dim());
-    ops::linear_batch<T>(w_, b_, x, qkv);
+    ops::linear_batch<T, Weight>(w_, b_, x, qkv);
   }
 
   /// A batch: x [n x d_model] -> q [n x q_dim], k and v [n x kv_dim].
   QKV<T> forward_batch(const Eigen::Ref<const RowMatrix<T>>& x) const {
     detail::check_cols("QKVProjection::forward_batch", "x", x.cols(), "d_model", d_model_);
     RowMatrix<T> qkv(x.rows(), out_dim());
-    ops::linear_batch<T>(w_, b_, x, qkv);
+    ops::linear_batch<T, Weight>(w_, b_, x, qkv);
     return QKV<T>{qkv.leftCols(q_dim_), qkv.middleCols(q_dim_, kv_dim_), qkv.rightCols(kv_dim_)};
   }
 
@@ -170,13 +216,13 @@ class QKVProjection {
   }
 
  private:
-  Eigen::Map<const RowMatrix<T>> rows(Eigen::Index first, Eigen::Index n) const {
-    return Eigen::Map<const RowMatrix<T>>(w_.data() + first * d_model_, n, d_model_);
+  Eigen::Map<const RowMatrix<Weight>> rows(Eigen::Index first, Eigen::Index n) const {
+    return Eigen::Map<const RowMatrix<Weight>>(w_.data() + first * d_model_, n, d_model_);
   }
 
   Eigen::Index d_model_, q_dim_, kv_dim_;
-  RowMatrix<T> w_;  // [q_dim + 2*kv_dim x d_model]: Wq, Wk, Wv stacked
-  Vector<T> b_;     // [q_dim + 2*kv_dim] or empty
+  RowMatrix<Weight> w_;  // [q_dim + 2*kv_dim x d_model]: Wq, Wk, Wv stacked
+  Vector<T> b_;          // [q_dim + 2*kv_dim] or empty
 };
 
 }  // namespace kvattn

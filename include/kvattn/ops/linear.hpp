@@ -2,10 +2,17 @@
 /// \file
 /// Stateless affine maps on Eigen views. Shapes are checked with eigen_assert
 /// only; the classes in layers/ check them at their public entry points.
+///
+/// Weights W [out x in] are stored as W (the compute type T, or bfloat16 /
+/// half for T = float: half the bytes a decode step reads); the arithmetic
+/// is always in T. One token is a matrix-vector product that reads each
+/// weight once, widening reduced weights in registers (no converted copy).
 
+#include <kvattn/ops/simd.hpp>
 #include <kvattn/types.hpp>
 
 #include <algorithm>
+#include <type_traits>
 
 #if defined(_OPENMP)
 #include <omp.h>
@@ -13,17 +20,99 @@
 
 namespace kvattn::ops {
 
+#if defined(KVATTN_SIMD_AVX2)
+namespace simd {
+
+/// y[i] = w_i . x for rows i < n, row i at w + i * stride, as stored
+/// (bfloat16 or half: widened in registers).  in % 8 == 0.
+/// Four rows at a time, two 8-lane accumulators each; the row grouping
+/// depends only on i, so a row's sum does not depend on how rows are split.
+template <class W>
+void matvec(const W* w, Eigen::Index stride, Eigen::Index n, Eigen::Index in, const float* x,
+            float* y) {
+  Eigen::Index i = 0;
+  for (; i + 4 <= n; i += 4) {
+    const W* r0 = w + i * stride;
+    const W* r1 = r0 + stride;
+    const W* r2 = r1 + stride;
+    const W* r3 = r2 + stride;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+    Eigen::Index d = 0;
+    for (; d + 16 <= in; d += 16) {
+      const __m256 x0 = _mm256_loadu_ps(x + d), x1 = _mm256_loadu_ps(x + d + 8);
+      a0 = _mm256_fmadd_ps(load8(r0 + d), x0, a0);
+      b0 = _mm256_fmadd_ps(load8(r0 + d + 8), x1, b0);
+      a1 = _mm256_fmadd_ps(load8(r1 + d), x0, a1);
+      b1 = _mm256_fmadd_ps(load8(r1 + d + 8), x1, b1);
+      a2 = _mm256_fmadd_ps(load8(r2 + d), x0, a2);
+      b2 = _mm256_fmadd_ps(load8(r2 + d + 8), x1, b2);
+      a3 = _mm256_fmadd_ps(load8(r3 + d), x0, a3);
+      b3 = _mm256_fmadd_ps(load8(r3 + d + 8), x1, b3);
+    }
+    if (d < in) {  // in % 16 == 8
+      const __m256 x0 = _mm256_loadu_ps(x + d);
+      a0 = _mm256_fmadd_ps(load8(r0 + d), x0, a0);
+      a1 = _mm256_fmadd_ps(load8(r1 + d), x0, a1);
+      a2 = _mm256_fmadd_ps(load8(r2 + d), x0, a2);
+      a3 = _mm256_fmadd_ps(load8(r3 + d), x0, a3);
+    }
+    // Lanes of u: row 0..3 sums of the low 128 bits, then of the high.
+    const __m256 u = _mm256_hadd_ps(_mm256_hadd_ps(_mm256_add_ps(a0, b0), _mm256_add_ps(a1, b1)),
+                                    _mm256_hadd_ps(_mm256_add_ps(a2, b2), _mm256_add_ps(a3, b3)));
+    _mm_storeu_ps(y + i, _mm_add_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1)));
+  }
+  for (; i < n; ++i) {
+    const W* r = w + i * stride;
+    __m256 a = _mm256_setzero_ps();
+    for (Eigen::Index d = 0; d < in; d += 8) a = _mm256_fmadd_ps(load8(r + d), load8(x + d), a);
+    y[i] = sum1(a);
+  }
+}
+
+}  // namespace simd
+#endif
+
+/// W in the signatures below is given explicitly (or defaults to T), never
+/// deduced from the argument: a RowMatrix binds to the Ref parameters.
+template <class W>
+struct NonDeduced {
+  using type = W;
+};
+template <class W>
+using WeightRef = Eigen::Ref<const RowMatrix<typename NonDeduced<W>::type>>;
+
+/// y[i] = w_i . x for rows [0, w.rows()) of a block of W (one thread's part
+/// of gemv).
+template <class T, class W>
+void gemv_block(const WeightRef<W>& w, const Eigen::Map<const Vector<T>>& x, T* y) {
+  const Eigen::Index n = w.rows(), in = w.cols();
+  if constexpr (std::is_same<W, T>::value) {
+    Eigen::Map<Vector<T>>(y, n).noalias() = w * x;
+  } else {
+#if defined(KVATTN_SIMD_AVX2)
+    if constexpr (std::is_same<T, float>::value) {
+      if (in % 8 == 0) {
+        simd::matvec(w.data(), w.outerStride(), n, in, x.data(), y);
+        return;
+      }
+    }
+#endif
+    for (Eigen::Index i = 0; i < n; ++i) y[i] = w.row(i).template cast<T>().dot(x.transpose());
+  }
+}
+
 /// y = W x, split into blocks of output rows run on OpenMP threads when the
 /// matrix is large enough to pay for them (each row's sum is computed the
 /// same way whatever the thread count, so results do not depend on it).
-///   W: [out x in], x: [in] (contiguous), y: [out] (contiguous).
-template <class T>
-void gemv(const Eigen::Ref<const RowMatrix<T>>& w, const T* x, T* y) {
+///   W: [out x in] stored as W, x: [in] (contiguous), y: [out] (contiguous).
+template <class T, class W = T>
+void gemv(const WeightRef<W>& w, const T* x, T* y) {
   const Eigen::Index out = w.rows(), in = w.cols();
   const Eigen::Map<const Vector<T>> xv(x, in);
-  if (out * in * Eigen::Index(sizeof(T)) < (Eigen::Index(1) << 20)) {
+  if (out * in * Eigen::Index(sizeof(W)) < (Eigen::Index(1) << 20)) {
     // Small: one product inline (a parallel region costs more than it saves).
-    Eigen::Map<Vector<T>>(y, out).noalias() = w * xv;
+    gemv_block<T, W>(w, xv, y);
     return;
   }
   // Large: blocks of rows; the split depends on the shape only, so every row
@@ -35,32 +124,42 @@ void gemv(const Eigen::Ref<const RowMatrix<T>>& w, const T* x, T* y) {
 #endif
   for (Eigen::Index b = 0; b < blocks; ++b) {
     const Eigen::Index r0 = b * kBlock, n = std::min(kBlock, out - r0);
-    Eigen::Map<Vector<T>>(y + r0, n).noalias() = w.middleRows(r0, n) * xv;
+    gemv_block<T, W>(w.middleRows(r0, n), xv, y + r0);
   }
 }
 
 /// y = W x + b, one token.
 ///   W: [out x in], b: [out] or empty (no bias), x: [in], y: [out].
-template <class T>
-void linear(const Eigen::Ref<const RowMatrix<T>>& w, const Eigen::Ref<const Vector<T>>& b,
+template <class T, class W = T>
+void linear(const WeightRef<W>& w, const Eigen::Ref<const Vector<T>>& b,
             const Eigen::Ref<const Vector<T>>& x, Eigen::Ref<Vector<T>> y) {
   eigen_assert(w.cols() == x.size() && w.rows() == y.size());
   eigen_assert(b.size() == 0 || b.size() == y.size());
-  gemv<T>(w, x.data(), y.data());
+  gemv<T, W>(w, x.data(), y.data());
   if (b.size() != 0) y += b;
 }
 
 /// Y = X W^T + 1 b^T, a batch of tokens (one per row).
 ///   W: [out x in], b: [out] or empty, X: [n x in], Y: [n x out].
-template <class T>
-void linear_batch(const Eigen::Ref<const RowMatrix<T>>& w, const Eigen::Ref<const Vector<T>>& b,
+/// Reduced weights are widened to T a block of rows at a time (the block is
+/// allocated per call: prefill, unlike decode, may allocate).
+template <class T, class W = T>
+void linear_batch(const WeightRef<W>& w, const Eigen::Ref<const Vector<T>>& b,
                   const Eigen::Ref<const RowMatrix<T>>& x, Eigen::Ref<RowMatrix<T>> y) {
   eigen_assert(w.cols() == x.cols() && w.rows() == y.cols() && x.rows() == y.rows());
   eigen_assert(b.size() == 0 || b.size() == y.cols());
   if (x.rows() == 1) {
-    gemv<T>(w, x.data(), y.data());  // one token: a matrix-vector product, threaded
-  } else {
+    gemv<T, W>(w, x.data(), y.data());  // one token: a matrix-vector product, threaded
+  } else if constexpr (std::is_same<W, T>::value) {
     y.noalias() = x * w.transpose();  // Eigen's matrix product (threaded by Eigen under OpenMP)
+  } else {
+    constexpr Eigen::Index kRows = 256;
+    RowMatrix<T> block(std::min(kRows, w.rows()), w.cols());
+    for (Eigen::Index r0 = 0; r0 < w.rows(); r0 += kRows) {
+      const Eigen::Index n = std::min(kRows, w.rows() - r0);
+      block.topRows(n) = w.middleRows(r0, n).template cast<T>();
+      y.middleCols(r0, n).noalias() = x * block.topRows(n).transpose();
+    }
   }
   if (b.size() != 0) y.rowwise() += b.transpose();
 }
