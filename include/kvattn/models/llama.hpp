@@ -12,6 +12,12 @@
 ///
 /// with rmsnorm(x) = x / sqrt(mean(x^2) + eps) and silu(a) = a / (1 + e^-a).
 /// A LlamaState holds one KV cache per layer: the sequence so far.
+///
+/// Llama<float, Eigen::bfloat16> (or Eigen::half) keeps every matrix that a
+/// step multiplies by (Wq, Wk, Wv, Wo, W1, W2, W3 and the classifier) in 16
+/// bits, rounded once when the model is built (layers/projection.hpp); the
+/// embedding table and the norms stay in T. A classifier shared with the
+/// embedding then gets its own rounded copy.
 
 #include <kvattn/cache/kv_cache.hpp>
 #include <kvattn/cache/serialization.hpp>
@@ -29,6 +35,7 @@
 #include <ostream>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -175,16 +182,19 @@ class LlamaState {
   }
 
  private:
-  template <class>
+  template <class, class>
   friend class Llama;
   LlamaState() = default;
   std::vector<KVCache<T, Storage>> caches_;  // [n_layers]
 };
 
-template <class T>
+/// T: the compute type. Weight: how the matrices are kept (T, or
+/// Eigen::bfloat16 / Eigen::half for float; see the file comment).
+template <class T, class Weight = T>
 class Llama {
  public:
   using Scalar = T;
+  using WeightType = Weight;
 
   /// Validates the config and every weight shape (std::invalid_argument
   /// naming the layer and the weight).
@@ -192,13 +202,17 @@ class Llama {
       : config_(checked(w)),
         embedding_(std::move(w.token_embedding)),
         final_norm_(std::move(w.final_norm)),
-        classifier_(std::move(w.classifier)) {
+        classifier_(reduced && w.classifier.size() == 0
+                        ? detail::encoded_weights<T, Weight>(RowMatrix<T>(embedding_))
+                        : detail::encoded_weights<T, Weight>(std::move(w.classifier))) {
     layers_.reserve(w.layers.size());
     for (LlamaLayerWeights<T>& lw : w.layers) {
-      layers_.push_back(Layer{std::move(lw.attention_norm),
-                              MultiHeadAttention<T>(config_.attention(), std::move(lw.attention)),
-                              std::move(lw.ffn_norm), std::move(lw.w1), std::move(lw.w2),
-                              std::move(lw.w3)});
+      layers_.push_back(
+          Layer{std::move(lw.attention_norm),
+                MultiHeadAttention<T, Weight>(config_.attention(), std::move(lw.attention)),
+                std::move(lw.ffn_norm), detail::encoded_weights<T, Weight>(std::move(lw.w1)),
+                detail::encoded_weights<T, Weight>(std::move(lw.w2)),
+                detail::encoded_weights<T, Weight>(std::move(lw.w3))});
       lw = LlamaLayerWeights<T>();  // release the loaded copy as soon as the layer owns it
     }
   }
@@ -206,7 +220,8 @@ class Llama {
   const LlamaConfig& config() const { return config_; }
   /// [vocab_size x dim]
   const RowMatrix<T>& token_embedding() const { return embedding_; }
-  /// True when the classifier is the token embedding (no second copy is kept).
+  /// True when the classifier is the token embedding (no second copy is kept;
+  /// never with reduced weights, which round a copy).
   bool shares_classifier() const { return classifier_.size() == 0; }
 
   /// A fresh state holding up to capacity tokens (default: seq_len), its
@@ -229,7 +244,8 @@ class Llama {
     const Eigen::Index pos = state.caches_.empty() ? 0 : state.pos();
     run(tokens, state, "Llama::forward");
     try {
-      ops::linear_batch<T>(classifier(), Vector<T>(), x_, logits);  // a product: may allocate
+      ops::linear_batch<T, Weight>(classifier(), Vector<T>(), x_,
+                                   logits);  // a product: may allocate
     } catch (...) {
       state.truncate(pos);
       throw;
@@ -259,11 +275,13 @@ class Llama {
   }
 
  private:
+  static constexpr bool reduced = !std::is_same<Weight, T>::value;
+
   struct Layer {
     Vector<T> attention_norm;
-    MultiHeadAttention<T> attention;
+    MultiHeadAttention<T, Weight> attention;
     Vector<T> ffn_norm;
-    RowMatrix<T> w1, w2, w3;
+    RowMatrix<Weight> w1, w2, w3;
   };
 
   static const LlamaConfig& checked(const LlamaWeights<T>& w) {
@@ -296,12 +314,16 @@ class Llama {
     return c;
   }
 
-  const RowMatrix<T>& classifier() const {
-    return classifier_.size() != 0 ? classifier_ : embedding_;
+  const RowMatrix<Weight>& classifier() const {
+    if constexpr (reduced) {
+      return classifier_;
+    } else {
+      return classifier_.size() != 0 ? classifier_ : embedding_;
+    }
   }
 
   void last_logits(Vector<T>& logits) const {
-    ops::linear<T>(classifier(), Vector<T>(), x_.row(x_.rows() - 1).transpose(), logits);
+    ops::linear<T, Weight>(classifier(), Vector<T>(), x_.row(x_.rows() - 1).transpose(), logits);
   }
 
   // Runs the tokens through every layer; leaves the final-normed hidden
@@ -339,10 +361,11 @@ class Llama {
         L.attention.forward(xb_, state.caches_[l], attn_, workspace_);
         x_ += attn_;
         ops::rmsnorm_rows<T>(x_, L.ffn_norm, eps, xb_);
-        h1_.noalias() = xb_ * L.w1.transpose();
-        h3_.noalias() = xb_ * L.w3.transpose();
+        ops::linear_batch<T, Weight>(L.w1, Vector<T>(), xb_, h1_);
+        ops::linear_batch<T, Weight>(L.w3, Vector<T>(), xb_, h3_);
         h1_.array() = h1_.array() / (T(1) + (-h1_.array()).exp()) * h3_.array();  // silu(h1) * h3
-        x_.noalias() += h1_ * L.w2.transpose();
+        ops::linear_batch<T, Weight>(L.w2, Vector<T>(), h1_, attn_);
+        x_ += attn_;
       }
       ops::rmsnorm_rows<T>(x_, final_norm_, eps, x_);
     } catch (...) {
@@ -356,8 +379,8 @@ class Llama {
   LlamaConfig config_;
   RowMatrix<T> embedding_;  // [vocab_size x dim]
   std::vector<Layer> layers_;
-  Vector<T> final_norm_;     // [dim]
-  RowMatrix<T> classifier_;  // [vocab_size x dim] or empty (shared with embedding_)
+  Vector<T> final_norm_;          // [dim]
+  RowMatrix<Weight> classifier_;  // [vocab_size x dim] or empty (shared with embedding_)
 
   // Scratch, reused across calls: [n x dim] and [n x hidden_dim].
   RowMatrix<T> x_, xb_, attn_, h1_, h3_;
