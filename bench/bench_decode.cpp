@@ -7,6 +7,7 @@
 //   BM_LayerStep/shape/ctx/threads  kvattn: fused QKV projection, RoPE, append, grouped
 //                                   decode attention, output projection
 //   BM_LayerStepBf16/...            the same with a bfloat16 KV cache
+//   BM_LayerStepBf16Weights/...     bfloat16 weights (Wq, Wk, Wv, Wo) and a bfloat16 KV cache
 //   BM_LayerStepBaseline/shape/ctx  plain Eigen: three projections, per query head
 //                                   scores = K q, softmax, V^T p (no grouping), Wo
 //   BM_Attention/shape/ctx          the attention part alone (one query vs the cache)
@@ -124,6 +125,7 @@ struct Baseline {
 struct Fixture {
   kvattn::AttentionConfig c;
   std::unique_ptr<kvattn::MultiHeadAttention<float>> layer;
+  std::unique_ptr<kvattn::MultiHeadAttention<float, Eigen::bfloat16>> layer_bf16;  // same weights
   RowMatrix<float> k_fill, v_fill;                // [kMaxContext x kv_dim] random keys and values
   std::unique_ptr<kvattn::KVCache<float>> cache;  // capacity kMaxContext + 1
   std::unique_ptr<kvattn::KVCache<float, Eigen::bfloat16>> cache_bf16;
@@ -142,6 +144,7 @@ struct Fixture {
                                       {},
                                       {}};
     layer = std::make_unique<kvattn::MultiHeadAttention<float>>(c, w);
+    layer_bf16 = std::make_unique<kvattn::MultiHeadAttention<float, Eigen::bfloat16>>(c, w);
     k_fill = random(kMaxContext, c.kv_dim(), 1.0f, 10);
     v_fill = random(kMaxContext, c.kv_dim(), 1.0f, 20);
     cache = std::make_unique<kvattn::KVCache<float>>(layer->make_cache(kMaxContext + 1));
@@ -165,8 +168,9 @@ struct Fixture {
     return *cache_bf16;
   }
 
-  double weight_bytes() const {
-    return double((c.q_dim() + 2 * c.kv_dim()) * c.d_model + c.d_model * c.q_dim()) * sizeof(float);
+  double weight_bytes(std::size_t bytes_per_weight = sizeof(float)) const {
+    return double((c.q_dim() + 2 * c.kv_dim()) * c.d_model + c.d_model * c.q_dim()) *
+           double(bytes_per_weight);
   }
   double cache_bytes(Eigen::Index ctx) const {
     return double(2 * c.n_kv_heads * ctx * c.head_dim) * sizeof(float);
@@ -228,6 +232,22 @@ void BM_LayerStepBf16(benchmark::State& state) {
   report(state, f.weight_bytes() + double((ctx + 1) * cache.bytes_per_token()), watch.seconds());
 }
 
+void BM_LayerStepBf16Weights(benchmark::State& state) {
+  Fixture& f = fixture(state.range(0));
+  const Eigen::Index ctx = state.range(1);
+  set_threads(int(state.range(2)));
+  kvattn::KVCache<float, Eigen::bfloat16>& cache = f.bf16_context(ctx);
+  const Stopwatch watch;
+  for (auto _ : state) {
+    f.layer_bf16->step(f.x, cache, f.y, f.ws);
+    benchmark::DoNotOptimize(f.y.data());
+    cache.truncate(ctx);
+  }
+  report(state,
+         f.weight_bytes(sizeof(Eigen::bfloat16)) + double((ctx + 1) * cache.bytes_per_token()),
+         watch.seconds());
+}
+
 void BM_LayerStepBaseline(benchmark::State& state) {
   Fixture& f = fixture(state.range(0));
   const Eigen::Index ctx = state.range(1);
@@ -287,6 +307,7 @@ void decode_args(benchmark::internal::Benchmark* b) {
 BENCHMARK(BM_ReadBandwidth)->Apply(bench::read_bandwidth_args);
 BENCHMARK(BM_LayerStep)->Apply(decode_args);
 BENCHMARK(BM_LayerStepBf16)->Apply(decode_args);
+BENCHMARK(BM_LayerStepBf16Weights)->Apply(decode_args);
 BENCHMARK(BM_LayerStepBaseline)->Apply(decode_args);
 BENCHMARK(BM_Attention)->Apply(decode_args);
 BENCHMARK(BM_AttentionBaseline)->Apply(decode_args);
