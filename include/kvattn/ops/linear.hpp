@@ -86,14 +86,14 @@ using WeightRef = Eigen::Ref<const RowMatrix<typename NonDeduced<W>::type>>;
 /// of gemv).
 template <class T, class W>
 void gemv_block(const WeightRef<W>& w, const Eigen::Map<const Vector<T>>& x, T* y) {
-  const Eigen::Index n = w.rows(), in = w.cols();
+  const Eigen::Index n = w.rows();
   if constexpr (std::is_same<W, T>::value) {
     Eigen::Map<Vector<T>>(y, n).noalias() = w * x;
   } else {
 #if defined(KVATTN_SIMD_AVX2)
     if constexpr (std::is_same<T, float>::value) {
-      if (in % 8 == 0) {
-        simd::matvec(w.data(), w.outerStride(), n, in, x.data(), y);
+      if (w.cols() % 8 == 0) {
+        simd::matvec(w.data(), w.outerStride(), n, w.cols(), x.data(), y);
         return;
       }
     }
