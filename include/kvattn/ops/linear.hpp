@@ -25,42 +25,32 @@ namespace simd {
 
 /// y[i] = w_i . x for rows i < n, row i at w + i * stride, as stored
 /// (bfloat16 or half: widened in registers).  in % 8 == 0.
-/// Four rows at a time, two 8-lane accumulators each; the row grouping
-/// depends only on i, so a row's sum does not depend on how rows are split.
+/// Eight rows at a time, one 8-lane accumulator each, reduced together
+/// (sum8) and stored as one vector: eight weight streams in flight read
+/// faster than four or one (measured: bfloat16 at 1 thread, 100 MB matrix,
+/// about 19 GB/s against 17 with four rows and 12 with one). The row
+/// grouping depends only on i, so a row's sum does not depend on how the
+/// rows are split between threads.
 template <class W>
 void matvec(const W* w, Eigen::Index stride, Eigen::Index n, Eigen::Index in, const float* x,
             float* y) {
   Eigen::Index i = 0;
-  for (; i + 4 <= n; i += 4) {
-    const W* r0 = w + i * stride;
-    const W* r1 = r0 + stride;
-    const W* r2 = r1 + stride;
-    const W* r3 = r2 + stride;
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-    Eigen::Index d = 0;
-    for (; d + 16 <= in; d += 16) {
-      const __m256 x0 = _mm256_loadu_ps(x + d), x1 = _mm256_loadu_ps(x + d + 8);
-      a0 = _mm256_fmadd_ps(load8(r0 + d), x0, a0);
-      b0 = _mm256_fmadd_ps(load8(r0 + d + 8), x1, b0);
-      a1 = _mm256_fmadd_ps(load8(r1 + d), x0, a1);
-      b1 = _mm256_fmadd_ps(load8(r1 + d + 8), x1, b1);
-      a2 = _mm256_fmadd_ps(load8(r2 + d), x0, a2);
-      b2 = _mm256_fmadd_ps(load8(r2 + d + 8), x1, b2);
-      a3 = _mm256_fmadd_ps(load8(r3 + d), x0, a3);
-      b3 = _mm256_fmadd_ps(load8(r3 + d + 8), x1, b3);
+  for (; i + 8 <= n; i += 8) {
+    const W* r = w + i * stride;
+    __m256 a[8];
+    for (__m256& v : a) v = _mm256_setzero_ps();
+    for (Eigen::Index d = 0; d < in; d += 8) {
+      const __m256 xv = _mm256_loadu_ps(x + d);
+      a[0] = _mm256_fmadd_ps(load8(r + d), xv, a[0]);
+      a[1] = _mm256_fmadd_ps(load8(r + stride + d), xv, a[1]);
+      a[2] = _mm256_fmadd_ps(load8(r + 2 * stride + d), xv, a[2]);
+      a[3] = _mm256_fmadd_ps(load8(r + 3 * stride + d), xv, a[3]);
+      a[4] = _mm256_fmadd_ps(load8(r + 4 * stride + d), xv, a[4]);
+      a[5] = _mm256_fmadd_ps(load8(r + 5 * stride + d), xv, a[5]);
+      a[6] = _mm256_fmadd_ps(load8(r + 6 * stride + d), xv, a[6]);
+      a[7] = _mm256_fmadd_ps(load8(r + 7 * stride + d), xv, a[7]);
     }
-    if (d < in) {  // in % 16 == 8
-      const __m256 x0 = _mm256_loadu_ps(x + d);
-      a0 = _mm256_fmadd_ps(load8(r0 + d), x0, a0);
-      a1 = _mm256_fmadd_ps(load8(r1 + d), x0, a1);
-      a2 = _mm256_fmadd_ps(load8(r2 + d), x0, a2);
-      a3 = _mm256_fmadd_ps(load8(r3 + d), x0, a3);
-    }
-    // Lanes of u: row 0..3 sums of the low 128 bits, then of the high.
-    const __m256 u = _mm256_hadd_ps(_mm256_hadd_ps(_mm256_add_ps(a0, b0), _mm256_add_ps(a1, b1)),
-                                    _mm256_hadd_ps(_mm256_add_ps(a2, b2), _mm256_add_ps(a3, b3)));
-    _mm_storeu_ps(y + i, _mm_add_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1)));
+    _mm256_storeu_ps(y + i, sum8(a));
   }
   for (; i < n; ++i) {
     const W* r = w + i * stride;
