@@ -206,14 +206,14 @@ TEST(ReducedWeights, RoundedOnceAtConstruction) {
 // Whatever the summation order, a float sum of n products is within
 // gamma_n = n u / (1 - n u) (u = 2^-24) of the exact sum, relative to sum |w_i x_i|.
 // The kernels must meet that bound against a double product of the rounded
-// weights, for shapes that take every path: 4-row blocks and leftover rows,
-// in % 16 == 0 and == 8, in % 8 != 0 (portable loop), and matrices of more
+// weights, for shapes that take every path: 8-row blocks and leftover rows,
+// in % 8 != 0 (the last columns one at a time), and matrices of more
 // than 1 MiB (row blocks on threads).
 TYPED_TEST(ReducedWeights, ProductsWithinTheFloatBoundOfTheRoundedWeights) {
   using W = TypeParam;
   std::mt19937 rng(5);
   const std::pair<Eigen::Index, Eigen::Index> shapes[] = {
-      {1, 8}, {3, 16}, {5, 24}, {7, 40}, {67, 128}, {9, 12}, {6, 4104}, {300, 2048}};
+      {1, 8}, {3, 16}, {5, 24}, {7, 40}, {67, 128}, {9, 12}, {17, 172}, {6, 4104}, {300, 2048}};
   for (const auto& [out, in] : shapes) {
     SCOPED_TRACE(testing::Message() << out << "x" << in);
     const kvattn::RowMatrix<float> w = test::random_matrix<float>(out, in, rng);

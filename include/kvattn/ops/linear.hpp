@@ -24,7 +24,8 @@ namespace kvattn::ops {
 namespace simd {
 
 /// y[i] = w_i . x for rows i < n, row i at w + i * stride, as stored
-/// (bfloat16 or half: widened in registers).  in % 8 == 0.
+/// (bfloat16 or half: widened in registers; the last in % 8 columns one at
+/// a time).
 /// Eight rows at a time, one 8-lane accumulator each, reduced together
 /// (sum8) and stored as one vector: eight weight streams in flight read
 /// faster than four or one (measured: bfloat16 at 1 thread, 100 MB matrix,
@@ -34,12 +35,18 @@ namespace simd {
 template <class W>
 void matvec(const W* w, Eigen::Index stride, Eigen::Index n, Eigen::Index in, const float* x,
             float* y) {
+  const Eigen::Index in8 = in - in % 8;
+  // Adds the columns past in8 of row r to its vector sum.
+  const auto tail = [&](const W* r, float sum) {
+    for (Eigen::Index d = in8; d < in; ++d) sum += static_cast<float>(r[d]) * x[d];
+    return sum;
+  };
   Eigen::Index i = 0;
   for (; i + 8 <= n; i += 8) {
     const W* r = w + i * stride;
     __m256 a[8];
     for (__m256& v : a) v = _mm256_setzero_ps();
-    for (Eigen::Index d = 0; d < in; d += 8) {
+    for (Eigen::Index d = 0; d < in8; d += 8) {
       const __m256 xv = _mm256_loadu_ps(x + d);
       a[0] = _mm256_fmadd_ps(load8(r + d), xv, a[0]);
       a[1] = _mm256_fmadd_ps(load8(r + stride + d), xv, a[1]);
@@ -51,12 +58,15 @@ void matvec(const W* w, Eigen::Index stride, Eigen::Index n, Eigen::Index in, co
       a[7] = _mm256_fmadd_ps(load8(r + 7 * stride + d), xv, a[7]);
     }
     _mm256_storeu_ps(y + i, sum8(a));
+    if (in8 < in) {
+      for (Eigen::Index k = 0; k < 8; ++k) y[i + k] = tail(r + k * stride, y[i + k]);
+    }
   }
   for (; i < n; ++i) {
     const W* r = w + i * stride;
     __m256 a = _mm256_setzero_ps();
-    for (Eigen::Index d = 0; d < in; d += 8) a = _mm256_fmadd_ps(load8(r + d), load8(x + d), a);
-    y[i] = sum1(a);
+    for (Eigen::Index d = 0; d < in8; d += 8) a = _mm256_fmadd_ps(load8(r + d), load8(x + d), a);
+    y[i] = tail(r, sum1(a));
   }
 }
 
@@ -82,10 +92,8 @@ void gemv_block(const WeightRef<W>& w, const Eigen::Map<const Vector<T>>& x, T* 
   } else {
 #if defined(KVATTN_SIMD_AVX2)
     if constexpr (std::is_same<T, float>::value) {
-      if (w.cols() % 8 == 0) {
-        simd::matvec(w.data(), w.outerStride(), n, w.cols(), x.data(), y);
-        return;
-      }
+      simd::matvec(w.data(), w.outerStride(), n, w.cols(), x.data(), y);
+      return;
     }
 #endif
     for (Eigen::Index i = 0; i < n; ++i) y[i] = w.row(i).template cast<T>().dot(x.transpose());
