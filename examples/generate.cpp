@@ -2,6 +2,7 @@
 //
 //   generate MODEL.bin [-z TOKENIZER.bin] [-n N] [-t T] [-p P] [-s SEED]
 //            [-i TEXT | --prompt-ids "ID ID ..."] [--print-ids] [--no-cache]
+//            [--weights f32|bf16|f16]
 //
 // BOS (id 1) is put first; the prompt is processed with one batched prefill,
 // then one step per token. Position p yields the token for position p + 1:
@@ -35,6 +36,9 @@ void usage(const char* argv0) {
                "  --prompt-ids IDS   prompt as ids, e.g. \"368 430 281\"\n"
                "  --print-ids        print each token id after BOS, one per line\n"
                "  --no-cache         recompute the whole sequence every step (slow)\n"
+               "  --weights W        keep the matrices as f32 (default), bf16 or f16\n"
+               "                     (16 bits: half the bytes a step reads; logits move\n"
+               "                     by the rounding, see the README)\n"
                "  --save-state FILE  at the end, save the state (caches and tokens) to FILE\n"
                "  --load-state FILE  resume a saved state (the prompt options are ignored)\n",
                argv0);
@@ -54,6 +58,7 @@ bool parse_double(const char* s, double& out) {
 
 struct Options {
   std::string model, tokenizer, prompt_text, prompt_ids, save_state, load_state;
+  std::string weights = "f32";
   long steps = 0;
   double temperature = 0.0, top_p = 0.9;
   unsigned long long seed = 0;
@@ -98,6 +103,9 @@ Options parse(int argc, char** argv) {
       o.print_ids = true;
     } else if (a == "--no-cache") {
       o.no_cache = true;
+    } else if (a == "--weights") {
+      o.weights = value();
+      if (o.weights != "f32" && o.weights != "bf16" && o.weights != "f16") usage(argv[0]);
     } else if (a == "--save-state") {
       o.save_state = value();
     } else if (a == "--load-state") {
@@ -156,12 +164,10 @@ double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  const Options opt = parse(argc, argv);
-  try {
-    kvattn::Llama<float> model(kvattn::read_llama2c_checkpoint<float>(opt.model));
+// Generates with a model whose matrices are kept as Model::WeightType.
+template <class Model>
+int run(Model& model, const Options& opt, const char* argv0) {
+  {
     const kvattn::LlamaConfig& c = model.config();
     std::unique_ptr<kvattn::Tokenizer> tok;
     if (!opt.tokenizer.empty()) {
@@ -171,7 +177,7 @@ int main(int argc, char** argv) {
     const long steps = opt.steps == 0 ? long(c.seq_len) : opt.steps;
     if (steps > c.seq_len) {
       std::fprintf(stderr, "-n %ld exceeds the model's seq_len %ld\n", steps, long(c.seq_len));
-      usage(argv[0]);
+      usage(argv0);
     }
 
     // The prompt: BOS, then the text's or the given ids.
@@ -186,7 +192,7 @@ int main(int argc, char** argv) {
         if (!parse_long(word.c_str(), id) || id < 0 || id >= c.vocab_size) {
           std::fprintf(stderr, "--prompt-ids: '%s' is not a token id in [0, %ld)\n", word.c_str(),
                        long(c.vocab_size));
-          usage(argv[0]);
+          usage(argv0);
         }
         prompt.push_back(int(id));
       }
@@ -266,6 +272,25 @@ int main(int argc, char** argv) {
                    decoded / std::max(decode_s, 1e-9), opt.no_cache ? " (no cache)" : "");
     }
     return 0;
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const Options opt = parse(argc, argv);
+  try {
+    kvattn::LlamaWeights<float> weights = kvattn::read_llama2c_checkpoint<float>(opt.model);
+    if (opt.weights == "bf16") {
+      kvattn::Llama<float, Eigen::bfloat16> model(std::move(weights));
+      return run(model, opt, argv[0]);
+    }
+    if (opt.weights == "f16") {
+      kvattn::Llama<float, Eigen::half> model(std::move(weights));
+      return run(model, opt, argv[0]);
+    }
+    kvattn::Llama<float> model(std::move(weights));
+    return run(model, opt, argv[0]);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "generate: %s\n", e.what());
     return 1;

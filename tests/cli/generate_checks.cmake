@@ -25,6 +25,7 @@ expect_rc(2 model.bin -t -1)
 expect_rc(2 model.bin -p 1.5)
 expect_rc(2 model.bin -i "text without a tokenizer")
 expect_rc(2 model.bin --prompt-ids "1 2" -i "both")
+expect_rc(2 model.bin --weights q8)
 if(NOT last_err MATCHES "usage:")
   message(FATAL_ERROR "no usage text on stderr: ${last_err}")
 endif()
@@ -54,6 +55,18 @@ if(NOT rc EQUAL 0 OR NOT out MATCHES "^\"Echoes of vectors unfold, a gentle hum 
 endif()
 if(NOT err MATCHES "prefill: 1 tokens, .* tokens/s; decode: 39 tokens, .* tokens/s")
   message(FATAL_ERROR "no speed report on stderr: ${err}")
+endif()
+
+# 16-bit weights: half weights keep every greedy token of this model
+# (tests/storage_test.cpp); bfloat16 runs, and starts with the same text.
+run_generate(f16_ids err rc ${aid} -n 128 -t 0 --print-ids --weights f16)
+run_generate(f32_ids err rc ${aid} -n 128 -t 0 --print-ids)
+if(NOT rc EQUAL 0 OR NOT f16_ids STREQUAL f32_ids)
+  message(FATAL_ERROR "--weights f16 changed the greedy tokens:\n${f16_ids}\n--\n${f32_ids}\n${err}")
+endif()
+run_generate(out err rc ${aid} -z ${tok} -n 20 -t 0 --weights bf16)
+if(NOT rc EQUAL 0 OR NOT out MATCHES "^\"Echoes of vectors unfold")
+  message(FATAL_ERROR "--weights bf16 (exit ${rc}):\n${out}\n${err}")
 endif()
 
 # A text prompt, the same prompt as ids, and --no-cache: the same ids.
