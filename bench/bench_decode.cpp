@@ -218,34 +218,32 @@ void BM_LayerStep(benchmark::State& state) {
   report(state, f.weight_bytes() + f.cache_bytes(ctx + 1), watch.seconds());
 }
 
-void BM_LayerStepBf16(benchmark::State& state) {
-  Fixture& f = fixture(state.range(0));
+// A layer step of `layer` (fp32 or bf16 weights) against a bfloat16 cache.
+template <class Layer>
+void layer_step_bf16_cache(benchmark::State& state, Fixture& f, const Layer& layer) {
   const Eigen::Index ctx = state.range(1);
   set_threads(int(state.range(2)));
   kvattn::KVCache<float, Eigen::bfloat16>& cache = f.bf16_context(ctx);
   const Stopwatch watch;
   for (auto _ : state) {
-    f.layer->step(f.x, cache, f.y, f.ws);
-    benchmark::DoNotOptimize(f.y.data());
-    cache.truncate(ctx);
-  }
-  report(state, f.weight_bytes() + double((ctx + 1) * cache.bytes_per_token()), watch.seconds());
-}
-
-void BM_LayerStepBf16Weights(benchmark::State& state) {
-  Fixture& f = fixture(state.range(0));
-  const Eigen::Index ctx = state.range(1);
-  set_threads(int(state.range(2)));
-  kvattn::KVCache<float, Eigen::bfloat16>& cache = f.bf16_context(ctx);
-  const Stopwatch watch;
-  for (auto _ : state) {
-    f.layer_bf16->step(f.x, cache, f.y, f.ws);
+    layer.step(f.x, cache, f.y, f.ws);
     benchmark::DoNotOptimize(f.y.data());
     cache.truncate(ctx);
   }
   report(state,
-         f.weight_bytes(sizeof(Eigen::bfloat16)) + double((ctx + 1) * cache.bytes_per_token()),
+         f.weight_bytes(sizeof(typename Layer::WeightType)) +
+             double((ctx + 1) * cache.bytes_per_token()),
          watch.seconds());
+}
+
+void BM_LayerStepBf16(benchmark::State& state) {
+  Fixture& f = fixture(state.range(0));
+  layer_step_bf16_cache(state, f, *f.layer);
+}
+
+void BM_LayerStepBf16Weights(benchmark::State& state) {
+  Fixture& f = fixture(state.range(0));
+  layer_step_bf16_cache(state, f, *f.layer_bf16);
 }
 
 void BM_LayerStepBaseline(benchmark::State& state) {
