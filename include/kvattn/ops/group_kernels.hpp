@@ -138,7 +138,10 @@ inline void scores_tile(const float* q, Eigen::Index g, Eigen::Index hd, const S
   for (Eigen::Index d = 0; d < hd; d += 8) {
     __m256 kv[R];
     KVATTN_UNROLL
-    for (int r = 0; r < R; ++r) kv[r] = load8(k + r * hd + d);
+    for (int r = 0; r < R; ++r) {
+      kv[r] = load8(k + r * hd + d);
+      if constexpr (H > 1) keep_in_register(kv[r]);  // else one use: a folded load is best
+    }
     KVATTN_UNROLL
     for (int h = 0; h < H; ++h) {
       __m256 qv = _mm256_loadu_ps(q + h * hd + d);
@@ -182,7 +185,10 @@ inline void accumulate_tile(const float* p, Eigen::Index g, Eigen::Index hd, con
   for (Eigen::Index j = 0; j < n; ++j) {
     __m256 x[D];
     KVATTN_UNROLL
-    for (int e = 0; e < D; ++e) x[e] = load8(v + j * hd + 8 * e);
+    for (int e = 0; e < D; ++e) {
+      x[e] = load8(v + j * hd + 8 * e);
+      if constexpr (H > 1) keep_in_register(x[e]);
+    }
     KVATTN_UNROLL
     for (int h = 0; h < H; ++h) {
       const __m256 w = _mm256_broadcast_ss(p + j * g + h);
