@@ -203,3 +203,26 @@ TEST(LlamaErrors, WeightShapesAreChecked) {
   test::expect_throw_with<std::invalid_argument>([&] { Llama<float>{bad}; },
                                                  {"classifier has shape 9x8"});
 }
+
+// A state that holds no tokens saves and restores for every cache storage
+// type, replacing a longer state; the restored state then runs exactly like
+// a fresh one (bitwise: same operations on the same inputs).
+template <class S>
+class EmptyLlamaState : public ::testing::Test {};
+using CacheStorageTypes = ::testing::Types<float, Eigen::bfloat16, Eigen::half, std::int8_t>;
+TYPED_TEST_SUITE(EmptyLlamaState, CacheStorageTypes);
+
+TYPED_TEST(EmptyLlamaState, SavesAndRestores) {
+  using S = TypeParam;
+  std::mt19937 rng(5);
+  Llama<float> model(test::random_llama(16, 24, 2, 4, 2, 11, rng));
+  const LlamaState<float, S> empty = model.template make_state<S>(8);
+  std::stringstream buffer;
+  empty.save(buffer);
+  LlamaState<float, S> target = model.template make_state<S>(8);
+  model.prefill({1, 3, 4}, target);
+  target.load(buffer, "empty.bin");
+  EXPECT_EQ(target.pos(), 0);
+  LlamaState<float, S> fresh = model.template make_state<S>(8);
+  EXPECT_EQ(model.prefill({1, 7}, target), model.prefill({1, 7}, fresh));
+}

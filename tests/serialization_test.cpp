@@ -73,6 +73,39 @@ TYPED_TEST(Serialization, RoundTripResumesExactly) {
   }
 }
 
+// A cache that holds no tokens yet saves and restores (issue: restore_raw
+// used to memcpy from the empty payload's null pointer, undefined even for
+// 0 bytes; UBSan stopped on it). The restored cache is empty, replaces
+// earlier contents, and keeps working: the file is exactly header + CRC.
+TYPED_TEST(Serialization, EmptyCacheRoundTrips) {
+  using S = TypeParam;
+  const KVCache<float, S> empty(2, 4, 35);
+  std::stringstream buffer;
+  kvattn::save(empty, buffer);
+  EXPECT_EQ(buffer.str().size(), 64u + 4u);  // header, no payload, checksum
+  KVCache<float, S> target = filled<S>(2, 4, 35, 5, 7);
+  kvattn::load(target, buffer);
+  EXPECT_EQ(target.size(), 0);
+  EXPECT_EQ(target.capacity(), 35);
+  // Every truncation of the empty file is still rejected, changing nothing.
+  const std::string bytes = buffer.str();
+  KVCache<float, S> kept = filled<S>(2, 4, 35, 3, 8);
+  const KVCache<float, S> before = kept.copy();
+  for (size_t len = 0; len < bytes.size(); ++len) {
+    std::istringstream in(bytes.substr(0, len));
+    EXPECT_THROW(kvattn::load(kept, in), std::runtime_error) << "length " << len;
+  }
+  expect_same(kept, before);
+  // The restored empty cache takes appends like a new one.
+  std::mt19937 rng(9);
+  const kvattn::RowMatrix<float> k = test::random_matrix<float>(4, 8, rng);
+  const kvattn::RowMatrix<float> v = test::random_matrix<float>(4, 8, rng);
+  KVCache<float, S> reference(2, 4, 35);
+  reference.append(k, v);
+  target.append(k, v);
+  expect_same(target, reference);
+}
+
 // Any single flipped byte, and any truncation, is rejected and leaves the
 // target exactly as it was.
 TYPED_TEST(Serialization, CorruptOrTruncatedInputChangesNothing) {

@@ -190,8 +190,11 @@ class KVCache {
   /// Replaces the contents with n tokens laid out as serialization.hpp's
   /// payload (keys of every head, values of every head, then int8 scales).
   /// For load(): the caller has checked n <= capacity() and the payload size.
+  /// An empty payload (n == 0) may be a null pointer: nothing is copied.
   void restore_raw(Eigen::Index n, const char* payload) {
     eigen_assert(n >= 0 && n <= capacity_);
+    size_ = 0;
+    if (n == 0) return;  // memcpy from a null pointer is undefined even for 0 bytes
     const size_t row_bytes = size_t(n * head_dim_) * sizeof(Storage);
     for (Data* d : {&k_, &v_}) {
       for (Eigen::Index h = 0; h < n_kv_heads_; ++h) {

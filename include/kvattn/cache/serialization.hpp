@@ -173,9 +173,10 @@ void load(KVCache<T, Storage>& cache, std::istream& in, const std::string& what 
   // Read everything (its size is bounded by the target's capacity) and check
   // the sum before building the replacement.
   std::vector<char> payload(static_cast<size_t>(expected));
-  in.read(payload.data(), std::streamsize(expected));
+  if (expected > 0) in.read(payload.data(), std::streamsize(expected));  // data() may be null
   uint32_t stored = 0;
-  if (uint64_t(in.gcount()) != expected || !in.read(reinterpret_cast<char*>(&stored), 4)) {
+  if ((expected > 0 && uint64_t(in.gcount()) != expected) ||
+      !in.read(reinterpret_cast<char*>(&stored), 4)) {
     fail("truncated: the payload or its checksum is missing");
   }
   detail::Crc32c crc;
