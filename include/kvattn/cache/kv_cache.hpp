@@ -164,6 +164,25 @@ class KVCache {
     return rows(v_, v_scale_, h, first, n, buf);
   }
 
+  /// For the decode kernels: positions [first, first+n) of KV head h as
+  /// runs of contiguous rows (kernels::KVSpan<Storage, T>): one run here.
+  /// Writes at most max_out runs and returns how many. Checks with
+  /// eigen_assert only.
+  template <class Span>
+  Eigen::Index spans(Eigen::Index h, Eigen::Index first, Eigen::Index n, Span* out,
+                     Eigen::Index max_out) const {
+    eigen_assert(h >= 0 && h < n_kv_heads_ && first >= 0 && first + n <= size_);
+    if (n <= 0 || max_out < 1) return 0;
+    const Eigen::Index row = h * capacity_ + first;
+    out[0].k = k_.data() + row * head_dim_;
+    out[0].v = v_.data() + row * head_dim_;
+    out[0].k_scales = is_quantized ? k_scale_.data() + row : nullptr;
+    out[0].v_scales = is_quantized ? v_scale_.data() + row : nullptr;
+    out[0].rows = n;
+    out[0].stride = head_dim_;
+    return 1;
+  }
+
   /// For kernels: head h's stored keys / values, [capacity x head_dim]
   /// row-major (the first size() rows are valid), and for int8 storage their
   /// per-row scales [capacity] (nullptr for other storage types). Checks h

@@ -19,11 +19,8 @@
 
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <type_traits>
-
-#if defined(__AVX2__) || defined(__F16C__)
-#include <immintrin.h>
-#endif
 
 namespace kvattn {
 
@@ -56,6 +53,11 @@ void encode_row(const T* src, Eigen::Index n, Storage* dst, T* scale) {
   const In x(src, n);
   Out y(dst, n);
   if constexpr (std::is_same<Storage, std::int8_t>::value) {
+    if (!x.allFinite()) {  // NaN policy: the whole row reads back as NaN (0 * NaN)
+      y.setZero();
+      *scale = std::numeric_limits<T>::quiet_NaN();
+      return;
+    }
     const T amax = x.abs().maxCoeff();
     const T s = amax / T(127);
     const T inv = s > T(0) ? T(1) / s : T(0);
@@ -63,7 +65,12 @@ void encode_row(const T* src, Eigen::Index n, Storage* dst, T* scale) {
     *scale = s;
   } else if constexpr (std::is_same<Storage, Eigen::half>::value) {
     constexpr T kMax = T(65504);
-    y = x.cwiseMax(-kMax).cwiseMin(kMax).template cast<Eigen::half>();
+    for (Eigen::Index i = 0; i < n; ++i) {  // NaN and infinities pass through unchanged
+      const T v = src[i];
+      y[i] = static_cast<Eigen::half>(v > kMax && v <= std::numeric_limits<T>::max()     ? kMax
+                                      : v < -kMax && v >= -std::numeric_limits<T>::max() ? -kMax
+                                                                                         : v);
+    }
     (void)scale;
   } else {
     y = x.template cast<Storage>();
@@ -71,18 +78,11 @@ void encode_row(const T* src, Eigen::Index n, Storage* dst, T* scale) {
   }
 }
 
-/// dst[i] = float(src[i]) * scale for i < n (scale used by int8 only).
-/// Plain pointers: AVX2 / F16C conversions where the compiler targets them,
-/// a scalar loop with the same results elsewhere.
+/// dst[i] = float(src[i]) * scale for i < n (scale used by int8 only):
+/// scalar loops the compiler vectorizes; the decode kernels widen in
+/// registers instead (kernels/).
 inline void widen(const Eigen::bfloat16* src, Eigen::Index n, float* dst, float) {
-  Eigen::Index i = 0;
-#if defined(__AVX2__)
-  for (; i + 8 <= n; i += 8) {  // bfloat16 is the top half of a float
-    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
-    _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
-  }
-#endif
-  for (; i < n; ++i) {
+  for (Eigen::Index i = 0; i < n; ++i) {  // bfloat16 is the top half of a float
     std::uint16_t bits;
     std::memcpy(&bits, src + i, 2);
     const std::uint32_t wide = std::uint32_t(bits) << 16;
@@ -91,26 +91,11 @@ inline void widen(const Eigen::bfloat16* src, Eigen::Index n, float* dst, float)
 }
 
 inline void widen(const Eigen::half* src, Eigen::Index n, float* dst, float) {
-  Eigen::Index i = 0;
-#if defined(__F16C__)
-  for (; i + 8 <= n; i += 8) {
-    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
-    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(h));
-  }
-#endif
-  for (; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+  for (Eigen::Index i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i]);
 }
 
 inline void widen(const std::int8_t* src, Eigen::Index n, float* dst, float scale) {
-  Eigen::Index i = 0;
-#if defined(__AVX2__)
-  const __m256 s = _mm256_set1_ps(scale);
-  for (; i + 8 <= n; i += 8) {
-    const __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src + i));
-    _mm256_storeu_ps(dst + i, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), s));
-  }
-#endif
-  for (; i < n; ++i) dst[i] = float(src[i]) * scale;
+  for (Eigen::Index i = 0; i < n; ++i) dst[i] = float(src[i]) * scale;
 }
 
 /// Decodes rows [0, rows) of `cols` values each into dst (row-major, T);

@@ -1,0 +1,141 @@
+#pragma once
+/// \file
+/// What the kernels see: plain views of memory someone else owns. A kernel
+/// never sees a cache object: a decode step hands it runs of cached rows
+/// (pointer, rows, row stride, scales), so a contiguous KVCache (one run per
+/// chunk) and a paged cache (one run per block) use the same kernels.
+
+#include <Eigen/Core>
+
+#include <cstdint>
+#include <type_traits>
+
+namespace kvattn::kernels {
+
+using Index = Eigen::Index;
+
+/// Cached positions per split-KV item of a decode step. Fixed, not derived
+/// from the thread count or the batch, so a result never depends on either.
+inline constexpr Index kDecodeChunk = 256;
+
+/// A run of cached positions of one KV head, as stored: key row r at
+/// k + r * stride, value row r at v + r * stride (head_dim values each); for
+/// int8 storage k_scales[r] and v_scales[r] are the rows' scales (else null;
+/// Scale is the compute type: float for the kernels).
+template <class S, class Scale = float>
+struct KVSpan {
+  const S* k = nullptr;
+  const S* v = nullptr;
+  const Scale* k_scales = nullptr;
+  const Scale* v_scales = nullptr;
+  Index rows = 0;
+  Index stride = 0;
+};
+
+/// One (KV head, chunk) item of a decode step, in softmax-merge form:
+///   s_rj  = scale * q_r . k_j     r < g (the query heads of this KV head), j < n
+///   m_r   = max_j s_rj
+///   l_r   = sum_j exp(s_rj - m_r)
+///   acc_r = sum_j exp(s_rj - m_r) v_j
+/// The chunk's n positions (1 <= n <= kDecodeChunk) are the spans' rows in
+/// order. `next` names the rows read after this item (the head's next
+/// chunk), for prefetching only.
+template <class S>
+struct ChunkTask {
+  const float* q = nullptr;  ///< [g x hd]
+  Index g = 0, hd = 0;
+  const KVSpan<S>* spans = nullptr;
+  Index n_spans = 0;
+  Index n = 0;  ///< rows in all spans
+  KVSpan<S> next;
+  float scale = 1.0f;
+  float* acc = nullptr;     ///< [g x hd], written
+  float* m = nullptr;       ///< [g], written
+  float* l = nullptr;       ///< [g], written
+  void* scratch = nullptr;  ///< chunk_scratch_bytes(g, hd), 64-byte aligned
+};
+
+/// Where a ChunkTask's kernel keeps its scratch: byte offsets into
+/// ChunkTask::scratch (each 64-byte aligned) and the size in all.
+struct ChunkScratchLayout {
+  Index scores = 0;  ///< float [kDecodeChunk x g], position-major
+  Index rows = 0;    ///< row pointers: keys [n], values [n], then the next chunk's first keys
+  Index scales = 0;  ///< float key scales [kDecodeChunk], then value scales
+  Index q16 = 0;     ///< int16 query codes [g x hd]
+  Index qs = 0;      ///< float query code scales [g]
+  Index w16 = 0;     ///< 16-bit weight codes in row pairs [kDecodeChunk + 2][g][2], twice
+  Index qbf = 0;     ///< bfloat16 query halves, high and low [2][g][hd rounded up]
+  Index bytes = 0;
+
+  ChunkScratchLayout(Index g, Index hd) {
+    const Index hd_up = (hd + 63) / 64 * 64;
+    scores = take(kDecodeChunk * g * 4);
+    rows = take(3 * kDecodeChunk * Index(sizeof(void*)));
+    scales = take(2 * kDecodeChunk * 4);
+    q16 = take(g * hd * 2);
+    qs = take(g * 4);
+    w16 = take(2 * (kDecodeChunk + 2) * g * 2 * 2);
+    qbf = take(2 * g * hd_up * 2);
+    bytes = at_;
+  }
+
+ private:
+  Index take(Index size) {
+    const Index offset = at_;
+    at_ += (size + 63) / 64 * 64;
+    return offset;
+  }
+  Index at_ = 0;
+};
+
+/// Bytes of scratch one ChunkTask needs.
+inline Index chunk_scratch_bytes(Index g, Index hd) { return ChunkScratchLayout(g, hd).bytes; }
+
+/// y[b * ys + i] = w_i . x_b for rows i < rows of W (row i at w + i * ws,
+/// `in` values as stored) and vectors b < batch (x_b at x + b * xs, `in`
+/// floats). Each element is computed in an order that depends only on `in`:
+/// the same bits for any batch size and any split of the rows.
+template <class W>
+using GemmFn = void (*)(const W* w, Index ws, Index rows, Index in, const float* x, Index xs,
+                        Index batch, float* y, Index ys);
+
+/// The kernels of one target.
+struct KernelTable {
+  const char* name = "";
+  void (*attend_f32)(const ChunkTask<float>&) = nullptr;
+  void (*attend_bf16)(const ChunkTask<Eigen::bfloat16>&) = nullptr;
+  void (*attend_f16)(const ChunkTask<Eigen::half>&) = nullptr;
+  void (*attend_i8)(const ChunkTask<std::int8_t>&) = nullptr;
+  GemmFn<float> gemm_f32 = nullptr;
+  GemmFn<Eigen::bfloat16> gemm_bf16 = nullptr;
+  GemmFn<Eigen::half> gemm_f16 = nullptr;
+  /// a[i] = silu(a[i]) * b[i] = a[i] / (1 + exp(-a[i])) * b[i], i < n.
+  void (*silu_mul)(float* a, const float* b, Index n) = nullptr;
+
+  template <class S>
+  void attend(const ChunkTask<S>& t) const {
+    if constexpr (std::is_same<S, float>::value) {
+      attend_f32(t);
+    } else if constexpr (std::is_same<S, Eigen::bfloat16>::value) {
+      attend_bf16(t);
+    } else if constexpr (std::is_same<S, Eigen::half>::value) {
+      attend_f16(t);
+    } else {
+      static_assert(std::is_same<S, std::int8_t>::value, "no kernel for this storage type");
+      attend_i8(t);
+    }
+  }
+  template <class W>
+  GemmFn<W> gemm() const {
+    if constexpr (std::is_same<W, float>::value) {
+      return gemm_f32;
+    } else if constexpr (std::is_same<W, Eigen::bfloat16>::value) {
+      return gemm_bf16;
+    } else {
+      static_assert(std::is_same<W, Eigen::half>::value, "no kernel for this weight type");
+      return gemm_f16;
+    }
+  }
+};
+
+}  // namespace kvattn::kernels
