@@ -34,7 +34,7 @@ using kvattn::kernels::Index;
 using kvattn::kernels::KernelTable;
 using kvattn::kernels::KVSpan;
 
-const char* const kAllTargets[] = {"portable", "avx2", "avx512", "avx512bf16", "neon", "neon_bf16"};
+const char* const kAllTargets[] = {"portable", "avx2", "avx512", "avx512vnni", "neon"};
 constexpr double kU = 1.0 / (1 << 24);
 
 // The table of a target, or a skip saying why there is none.

@@ -27,10 +27,8 @@
 //     reduce_i32(const I32* a, int n, int32_t* out) (exact),
 //     store_i16(int16_t*, F integral), store_pairs_i16(int16_t*, F a, F b)
 //     (2*kLanes int16: a_i, b_i interleaved; values in [0, 32767])
-//   kBf16Dot: whether bfloat16 rows use a two-term bf16 dot product; if so
-//     B (kLanes pairs of bf16), load_b(const uint16_t*), bdot(F acc, B a, B b),
-//     interleave_b(const uint16_t* a, const uint16_t* b, B* lo_hi) and
-//     split_b(F x, uint16_t* hi, uint16_t* lo) (kLanes values: x ~ hi + lo)
+//   kHintEvery: inner steps (feature vectors of a score tile, rows of a
+//     value tile) between two groups of prefetch hints; a power of two
 
 using F = typename V::F;
 inline constexpr int L = V::kLanes;
@@ -97,9 +95,13 @@ struct Prefetch {
   Index row_lines = 0;  // 64-byte lines per row
   Index per_part = 0, row = 0, line = 0;
 
-  void split(Index parts) {
+  void split(Index parts) {  // parts <= 0: all at the first part
     const Index total = count * row_lines;
     per_part = parts > 0 ? (total + parts - 1) / parts : total;
+  }
+  /// Step i of a kernel's inner loop: a group of hints every kHintEvery steps.
+  KVATTN_KERNEL_INLINE void step(Index i) {
+    if ((i & (V::kHintEvery - 1)) == 0) part();
   }
   KVATTN_KERNEL_INLINE void part() {
     for (Index c = 0; c < per_part && row < count; ++c) {
@@ -111,6 +113,11 @@ struct Prefetch {
     }
   }
 };
+
+/// Groups of hints a loop of `steps` inner steps issues.
+KVATTN_KERNEL_INLINE Index hint_groups(Index steps) {
+  return (steps + V::kHintEvery - 1) / V::kHintEvery;
+}
 
 /// Runs op.run<H>(r) over the query heads [0, g) in blocks of H = 16 (when
 /// the target has the registers), 8, 4, 2, 1 heads starting at head r.
@@ -142,12 +149,13 @@ KVATTN_KERNEL_INLINE void head_blocks(Index g, Op& op) {
 
 template <int R, int H, class S>
 KVATTN_KERNEL_INLINE void scores_tile(const float* q, Index g, Index hd, const S* const* k,
-                                      const float* c, float scale, float* s) {
+                                      const float* c, float scale, float* s, Prefetch<S>& pf) {
   F acc[R * H];
   KVATTN_UNROLL
   for (int i = 0; i < R * H; ++i) acc[i] = V::zero();
   const Index full = hd - hd % L;
   for (Index d = 0; d < full; d += L) {
+    pf.step(d / L);
     F kv[R];
     KVATTN_UNROLL
     for (int r = 0; r < R; ++r) {
@@ -196,17 +204,16 @@ struct ScoresOp {
   template <int H>
   void run(Index r) {
     constexpr int R = kAcc / H > 0 ? kAcc / H : 1;
-    Prefetch<S> hints = r == 0 ? pf : Prefetch<S>{};
-    hints.split(n / R);
+    Prefetch<S> hints = r == 0 ? pf : Prefetch<S>{}, none;
+    hints.split(n / R * hint_groups(hd / L));
     Index j = 0;
     for (; j + R <= n; j += R) {
-      hints.part();
       scores_tile<R, H>(q + r * hd, g, hd, k + j, c != nullptr ? c + j : nullptr, scale,
-                        s + j * g + r);
+                        s + j * g + r, hints);
     }
     for (; j < n; ++j) {
       scores_tile<1, H>(q + r * hd, g, hd, k + j, c != nullptr ? c + j : nullptr, scale,
-                        s + j * g + r);
+                        s + j * g + r, none);
     }
   }
 };
@@ -295,7 +302,7 @@ inline void softmax_parts(float* s, Index n, Index g, float* m, float* l) {
 
 template <int H, int D, class S>
 KVATTN_KERNEL_INLINE void accumulate_tile(const float* p, Index g, Index hd, const S* const* v,
-                                          Index n, Index d, float* o) {
+                                          Index n, Index d, float* o, Prefetch<S>& pf) {
   F acc[H * D];
   KVATTN_UNROLL
   for (int h = 0; h < H; ++h) {
@@ -303,6 +310,7 @@ KVATTN_KERNEL_INLINE void accumulate_tile(const float* p, Index g, Index hd, con
     for (int e = 0; e < D; ++e) acc[h * D + e] = V::loadu(o + h * hd + d + e * L);
   }
   for (Index j = 0; j < n; ++j) {
+    pf.step(j);
     F x[D];
     KVATTN_UNROLL
     for (int e = 0; e < D; ++e) {
@@ -350,21 +358,12 @@ struct AccumulateOp {
     constexpr int D = kAcc / H > 0 ? kAcc / H : 1;
     const Index full = hd - hd % L;
     Prefetch<S> hints = r == 0 ? pf : Prefetch<S>{};
-    hints.split(full / (D * L) + (full % (D * L)) / L + (full < hd ? 1 : 0));
+    hints.split(hint_groups(n) * (full / (D * L) + (full % (D * L)) / L));
     float* out = o + r * hd;
     Index d = 0;
-    for (; d + D * L <= full; d += D * L) {
-      hints.part();
-      accumulate_tile<H, D>(p + r, g, hd, v, n, d, out);
-    }
-    for (; d < full; d += L) {
-      hints.part();
-      accumulate_tile<H, 1>(p + r, g, hd, v, n, d, out);
-    }
-    if (full < hd) {
-      hints.part();
-      accumulate_tail<H>(p + r, g, hd, v, n, d, hd - full, out);
-    }
+    for (; d + D * L <= full; d += D * L) accumulate_tile<H, D>(p + r, g, hd, v, n, d, out, hints);
+    for (; d < full; d += L) accumulate_tile<H, 1>(p + r, g, hd, v, n, d, out, hints);
+    if (full < hd) accumulate_tail<H>(p + r, g, hd, v, n, d, hd - full, out);
   }
 };
 
@@ -467,11 +466,12 @@ inline float quantize_weights(const float* p, Index n, Index g, const float* vs,
 template <int R, int H>
 KVATTN_KERNEL_INLINE void scores_tile_i8(const std::int16_t* q16, const float* qs, Index g,
                                          Index hd, const std::int8_t* const* k, const float* c,
-                                         float scale, float* s) {
+                                         float scale, float* s, Prefetch<std::int8_t>& pf) {
   typename V::I32 acc[R * H];
   KVATTN_UNROLL
   for (int i = 0; i < R * H; ++i) acc[i] = V::izero();
   for (Index d = 0; d < hd; d += 2 * L) {
+    pf.step(d / (2 * L));
     typename V::I16 kv[R];
     KVATTN_UNROLL
     for (int r = 0; r < R; ++r) kv[r] = V::load_i8_i16(k[r] + d);
@@ -505,15 +505,14 @@ struct ScoresI8Op {
   template <int H>
   void run(Index r) {
     constexpr int R = kAcc / H > 0 ? kAcc / H : 1;
-    Prefetch<std::int8_t> hints = r == 0 ? pf : Prefetch<std::int8_t>{};
-    hints.split(n / R);
+    Prefetch<std::int8_t> hints = r == 0 ? pf : Prefetch<std::int8_t>{}, none;
+    hints.split(n / R * hint_groups(hd / (2 * L)));
     Index j = 0;
     for (; j + R <= n; j += R) {
-      hints.part();
-      scores_tile_i8<R, H>(q16 + r * hd, qs + r, g, hd, k + j, c + j, scale, s + j * g + r);
+      scores_tile_i8<R, H>(q16 + r * hd, qs + r, g, hd, k + j, c + j, scale, s + j * g + r, hints);
     }
     for (; j < n; ++j) {
-      scores_tile_i8<1, H>(q16 + r * hd, qs + r, g, hd, k + j, c + j, scale, s + j * g + r);
+      scores_tile_i8<1, H>(q16 + r * hd, qs + r, g, hd, k + j, c + j, scale, s + j * g + r, none);
     }
   }
 };
@@ -532,13 +531,14 @@ KVATTN_KERNEL_INLINE void accumulate_pair(const std::int16_t* wp, const typename
 template <int H, int D>
 KVATTN_KERNEL_INLINE void accumulate_tile_i8(const std::int16_t* w16, Index g, Index hd,
                                              const std::int8_t* const* v, Index n, Index d,
-                                             float ws, float* o) {
+                                             float ws, float* o, Prefetch<std::int8_t>& pf) {
   alignas(64) static constexpr std::int8_t zeros[64] = {};
   typename V::I32 acc[H * D];
   KVATTN_UNROLL
   for (int i = 0; i < H * D; ++i) acc[i] = V::izero();
   Index j = 0;
   for (; j + 2 <= n; j += 2) {
+    pf.step(j / 2);
     typename V::I16 x[D];
     KVATTN_UNROLL
     for (int e = 0; e < D; ++e) x[e] = V::interleave_i8(v[j] + d + e * L, v[j + 1] + d + e * L);
@@ -574,17 +574,13 @@ struct AccumulateI8Op {
   void run(Index r) {
     constexpr int D = kAcc / H > 0 ? kAcc / H : 1;
     Prefetch<std::int8_t> hints = r == 0 ? pf : Prefetch<std::int8_t>{};
-    hints.split(hd / (D * L) + (hd % (D * L)) / L);
+    hints.split(hint_groups(n / 2) * (hd / (D * L) + (hd % (D * L)) / L));
     float* out = o + r * hd;
     Index d = 0;
     for (; d + D * L <= hd; d += D * L) {
-      hints.part();
-      accumulate_tile_i8<H, D>(w16 + 2 * r, g, hd, v, n, d, ws, out);
+      accumulate_tile_i8<H, D>(w16 + 2 * r, g, hd, v, n, d, ws, out, hints);
     }
-    for (; d < hd; d += L) {
-      hints.part();
-      accumulate_tile_i8<H, 1>(w16 + 2 * r, g, hd, v, n, d, ws, out);
-    }
+    for (; d < hd; d += L) accumulate_tile_i8<H, 1>(w16 + 2 * r, g, hd, v, n, d, ws, out, hints);
   }
 };
 
@@ -673,12 +669,6 @@ void attend(const ChunkTask<S>& t) {
       }
       return;
     }
-  }
-#endif
-#if defined(KVATTN_KERNEL_BF16DOT)
-  if constexpr (std::is_same<S, Eigen::bfloat16>::value) {
-    attend_bf16dot(t, base, at, krow, vrow, rows, total, scores);
-    return;
   }
 #endif
   for (Index j0 = 0; j0 < n; j0 += tile) {

@@ -26,6 +26,17 @@
 #include <kvattn/kernels/x86_avx2.hpp>
 #define KVATTN_HAVE_TARGET_AVX2 1
 #endif
+#if defined(KVATTN_CPU_X86) &&                                                         \
+    (!defined(KVATTN_NO_DISPATCH) || (defined(__AVX512F__) && defined(__AVX512BW__) && \
+                                      defined(__AVX512VL__) && defined(__AVX512DQ__)))
+#include <kvattn/kernels/x86_avx512.hpp>
+#define KVATTN_HAVE_TARGET_AVX512 1
+#endif
+
+#if defined(KVATTN_CPU_AARCH64)
+#include <kvattn/kernels/arm_neon.hpp>
+#define KVATTN_HAVE_TARGET_NEON 1
+#endif
 
 namespace kvattn::kernels {
 
@@ -36,17 +47,35 @@ struct Target {
   const KernelTable& (*table)();
 };
 
+namespace detail {
+
+inline bool has_avx2() {
+  const CpuFeatures& f = cpu_features();
+  return f.avx2 && f.fma && f.f16c;
+}
+inline bool has_avx512() {
+  const CpuFeatures& f = cpu_features();
+  return has_avx2() && f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq;
+}
+inline bool has_avx512vnni() { return has_avx512() && cpu_features().avx512vnni; }
+
+}  // namespace detail
+
 /// Every target compiled in, best first; the last is always "portable".
 inline const std::vector<Target>& compiled_targets() {
   static const std::vector<Target> targets = [] {
     std::vector<Target> t;
+#if defined(KVATTN_HAVE_TARGET_AVX512)
+#if !defined(KVATTN_NO_DISPATCH) || defined(__AVX512VNNI__)
+    t.push_back({avx512vnni::kName, &detail::has_avx512vnni, &avx512vnni::table});
+#endif
+    t.push_back({avx512::kName, &detail::has_avx512, &avx512::table});
+#endif
 #if defined(KVATTN_HAVE_TARGET_AVX2)
-    t.push_back({avx2::kName,
-                 [] {
-                   const CpuFeatures& f = cpu_features();
-                   return f.avx2 && f.fma && f.f16c;
-                 },
-                 &avx2::table});
+    t.push_back({avx2::kName, &detail::has_avx2, &avx2::table});
+#endif
+#if defined(KVATTN_HAVE_TARGET_NEON)
+    t.push_back({neon::kName, [] { return true; }, &neon::table});
 #endif
     t.push_back({portable::kName, [] { return true; }, &portable::table});
     return t;

@@ -14,7 +14,8 @@ struct V {
   static constexpr int kLanes = 4;
   static constexpr int kTileAcc = 8;
   static constexpr int kGemmRows1 = 8, kGemmRows = 4, kGemmCols = 2;
-  static constexpr bool kIntegerDot = false, kBf16Dot = false;
+  static constexpr bool kIntegerDot = false;
+  static constexpr int kHintEvery = 16;
   struct F {
     float v[4];
   };

@@ -63,19 +63,16 @@ struct ChunkScratchLayout {
   Index scales = 0;  ///< float key scales [kDecodeChunk], then value scales
   Index q16 = 0;     ///< int16 query codes [g x hd]
   Index qs = 0;      ///< float query code scales [g]
-  Index w16 = 0;     ///< 16-bit weight codes in row pairs [kDecodeChunk + 2][g][2], twice
-  Index qbf = 0;     ///< bfloat16 query halves, high and low [2][g][hd rounded up]
+  Index w16 = 0;     ///< int16 weight codes in row pairs [kDecodeChunk + 2][g][2]
   Index bytes = 0;
 
   ChunkScratchLayout(Index g, Index hd) {
-    const Index hd_up = (hd + 63) / 64 * 64;
     scores = take(kDecodeChunk * g * 4);
     rows = take(3 * kDecodeChunk * Index(sizeof(void*)));
     scales = take(2 * kDecodeChunk * 4);
     q16 = take(g * hd * 2);
     qs = take(g * 4);
-    w16 = take(2 * (kDecodeChunk + 2) * g * 2 * 2);
-    qbf = take(2 * g * hd_up * 2);
+    w16 = take((kDecodeChunk + 2) * g * 2 * 2);
     bytes = at_;
   }
 

@@ -54,7 +54,8 @@ struct V {
   static constexpr int kLanes = 8;
   static constexpr int kTileAcc = 8;
   static constexpr int kGemmRows1 = 8, kGemmRows = 4, kGemmCols = 2;
-  static constexpr bool kIntegerDot = true, kBf16Dot = false;
+  static constexpr bool kIntegerDot = true;
+  static constexpr int kHintEvery = 16;
   using F = __m256;
   using I16 = __m256i;  // 16 int16
   using I32 = __m256i;  // 8 int32

@@ -1,0 +1,221 @@
+#pragma once
+/// \file
+/// The x86 AVX-512 targets (Skylake-SP and later, Zen 4 and later):
+///   avx512      F, BW, VL, DQ: 16-lane float vectors, 32 registers;
+///               bfloat16 and half widened in registers, int8 rows in the
+///               integer domain by vpmaddwd.
+///   avx512vnni  the same plus AVX512_VNNI (Cascade Lake and later, Zen 4):
+///               int8 rows by vpdpwssd (int16 pair dot products with the add
+///               fused). bfloat16 rows are widened here too: vdpbf16ps would
+///               need the query and weights split in two bf16 halves to keep
+///               float accuracy, two instructions per pair of products, and
+///               measured slower (docs/kernels.md).
+/// Compiled into every x86 build whatever its flags (function-level target
+/// attributes); used only where the CPU has them. The intrinsics avoided
+/// here (256 -> 512-bit casts, extracts with an undefined pass-through) make
+/// GCC 12 warn about its own headers in the user's build.
+
+#include <kvattn/kernels/common.hpp>
+#include <kvattn/kernels/x86_avx2.hpp>
+
+#include <immintrin.h>
+
+// GCC 12 reports its own AVX-512 intrinsics (their undefined pass-through
+// operands) as maybe-uninitialized wherever they are inlined: false
+// positives, silenced for the kernels below only.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+
+#if defined(__clang__)
+#pragma clang attribute push(                                                    \
+    __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"))), \
+    apply_to = function)
+#elif defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
+#endif
+
+namespace kvattn::kernels::avx512 {
+
+inline constexpr const char* kName = "avx512";
+#define KVATTN_KERNEL_INTEGER 1
+
+/// The upper 256 bits of a (without an undefined pass-through operand).
+KVATTN_KERNEL_INLINE __m256 upper(__m512 a) {
+  return _mm512_castps512_ps256(_mm512_shuffle_f32x4(a, a, 0xEE));
+}
+KVATTN_KERNEL_INLINE __m256i upper(__m512i a) {
+  return _mm512_castsi512_si256(_mm512_shuffle_i32x4(a, a, 0xEE));
+}
+
+struct V {
+  static constexpr int kLanes = 16;
+  static constexpr int kTileAcc = 16;
+  static constexpr int kGemmRows1 = 8, kGemmRows = 4, kGemmCols = 4;
+  static constexpr bool kIntegerDot = true;
+  static constexpr int kHintEvery = 1;
+  using F = __m512;
+  using I16 = __m512i;  // 32 int16
+  using I32 = __m512i;  // 16 int32
+
+  static F zero() { return _mm512_setzero_ps(); }
+  static F set1(float x) { return _mm512_set1_ps(x); }
+  static F loadu(const float* p) { return _mm512_loadu_ps(p); }
+  static void storeu(float* p, F x) { _mm512_storeu_ps(p, x); }
+  static F load(const float* p) { return _mm512_loadu_ps(p); }
+  static F load(const Eigen::bfloat16* p) {  // bfloat16 is the top half of a float
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  }
+  static F load(const Eigen::half* p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  static F load(const std::int8_t* p) {  // unscaled codes
+    return _mm512_cvtepi32_ps(
+        _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  }
+  static F fma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
+  static F add(F a, F b) { return _mm512_add_ps(a, b); }
+  static F sub(F a, F b) { return _mm512_sub_ps(a, b); }
+  static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
+  static F div(F a, F b) { return _mm512_div_ps(a, b); }
+  static F max(F a, F b) { return _mm512_max_ps(a, b); }
+  static F min(F a, F b) { return _mm512_min_ps(a, b); }
+  static F abs(F a) {
+    return _mm512_castsi512_ps(
+        _mm512_and_si512(_mm512_castps_si512(a), _mm512_set1_epi32(0x7fffffff)));
+  }
+  static F round(F a) {
+    return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  }
+  static F pow2(F n) {
+    return _mm512_castsi512_ps(
+        _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23));
+  }
+  /// Lane order: l_i + l_{i+8} first, then the AVX2 target's order on those 8.
+  static void reduce(const F* a, int n, float* out) {
+    if (n == 1) {
+      out[0] = avx2::sum1(_mm256_add_ps(_mm512_castps512_ps256(a[0]), upper(a[0])));
+      return;
+    }
+    for (int i0 = 0; i0 < n; i0 += 8) {
+      __m256 b[8];
+      for (int i = 0; i < 8; ++i) {
+        b[i] = i0 + i < n ? _mm256_add_ps(_mm512_castps512_ps256(a[i0 + i]), upper(a[i0 + i]))
+                          : _mm256_setzero_ps();
+      }
+      const __m256 sums = avx2::sum8(b);
+      if (n - i0 >= 8) {
+        _mm256_storeu_ps(out + i0, sums);
+      } else {
+        alignas(32) float all[8];
+        _mm256_store_ps(all, sums);
+        for (int i = 0; i0 + i < n; ++i) out[i0 + i] = all[i];
+      }
+    }
+  }
+  static void keep(F& v) { __asm__("" : "+v"(v)); }
+  static void prefetch(const void* p) {  // volatile: see the AVX2 target
+    __asm__ volatile("prefetcht0 %0" : : "m"(*static_cast<const char*>(p)));
+  }
+
+  // int8 rows in the integer domain.
+  static I32 izero() { return _mm512_setzero_si512(); }
+  static I16 load_i8_i16(const std::int8_t* p) {
+    return _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  static I16 load_i16(const std::int16_t* p) { return _mm512_loadu_si512(p); }
+  static I32 dot_pairs(I32 acc, I16 a, I16 b) {
+    return _mm512_add_epi32(acc, _mm512_madd_epi16(a, b));
+  }
+  static I16 interleave_i8(const std::int8_t* a, const std::int8_t* b) {
+    const __m128i ra = _mm_loadu_si128(reinterpret_cast<const __m128i*>(a));
+    const __m128i rb = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b));
+    const __m256i both = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_unpacklo_epi8(ra, rb)),
+                                                 _mm_unpackhi_epi8(ra, rb), 1);
+    return _mm512_cvtepi8_epi16(both);
+  }
+  static I16 broadcast_pair(const std::int16_t* w) {
+    std::int32_t both;
+    std::memcpy(&both, w, sizeof both);
+    return _mm512_set1_epi32(both);
+  }
+  static F to_float(I32 a) { return _mm512_cvtepi32_ps(a); }
+  static void reduce_i32(const I32* a, int n, std::int32_t* out) {
+    for (int i0 = 0; i0 < n; i0 += 8) {
+      __m256i b[8];
+      for (int i = 0; i < 8; ++i) {
+        b[i] = i0 + i < n ? _mm256_add_epi32(_mm512_castsi512_si256(a[i0 + i]), upper(a[i0 + i]))
+                          : _mm256_setzero_si256();
+      }
+      alignas(32) std::int32_t all[8];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(all), avx2::isum8(b));
+      for (int i = 0; i < 8 && i0 + i < n; ++i) out[i0 + i] = all[i];
+    }
+  }
+  static void store_i16(std::int16_t* out, F x) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out),
+                        _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(x)));
+  }
+  static void store_pairs_i16(std::int16_t* out, F a, F b) {
+    const __m512i ia = _mm512_cvtps_epi32(a), ib = _mm512_cvtps_epi32(b);
+    _mm512_storeu_si512(out, _mm512_mask_blend_epi16(0xAAAAAAAAu, ia, _mm512_slli_epi32(ib, 16)));
+  }
+};
+
+#include <kvattn/kernels/generic_inl.hpp>
+
+#undef KVATTN_KERNEL_INTEGER
+
+}  // namespace kvattn::kernels::avx512
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#elif defined(__GNUC__)
+#pragma GCC pop_options
+#endif
+
+namespace kvattn::kernels::avx512 {
+#include <kvattn/kernels/generic_table_inl.hpp>
+}  // namespace kvattn::kernels::avx512
+
+#if defined(__clang__)
+#pragma clang attribute push(                                                               \
+    __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c"))), \
+    apply_to = function)
+#elif defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")
+#endif
+
+namespace kvattn::kernels::avx512vnni {
+
+inline constexpr const char* kName = "avx512vnni";
+#define KVATTN_KERNEL_INTEGER 1
+
+struct V : avx512::V {
+  static I32 dot_pairs(I32 acc, I16 a, I16 b) { return _mm512_dpwssd_epi32(acc, a, b); }
+};
+
+#include <kvattn/kernels/generic_inl.hpp>
+
+#undef KVATTN_KERNEL_INTEGER
+
+}  // namespace kvattn::kernels::avx512vnni
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#elif defined(__GNUC__)
+#pragma GCC pop_options
+#endif
+
+namespace kvattn::kernels::avx512vnni {
+#include <kvattn/kernels/generic_table_inl.hpp>
+}  // namespace kvattn::kernels::avx512vnni
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
