@@ -262,6 +262,8 @@ void attend_decode_batch(const DecodeSeq<T, Cache>* seqs, Eigen::Index batch, Ei
   }
 #else
   (void)sizeof(Storage);
+  (void)positions;
+  (void)hd;
   for (Eigen::Index item = 0; item < items; ++item) {
     detail::run_decode_item<T>(seqs, batch, item, n_heads, scale, scratch);
   }
