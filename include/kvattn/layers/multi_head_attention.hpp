@@ -16,6 +16,7 @@
 /// chosen separately, per cache.
 
 #include <kvattn/cache/kv_cache.hpp>
+#include <kvattn/cache/paged_kv_cache.hpp>
 #include <kvattn/config.hpp>
 #include <kvattn/detail/scratch.hpp>
 #include <kvattn/error.hpp>
@@ -24,8 +25,10 @@
 #include <kvattn/ops/rope.hpp>
 #include <kvattn/types.hpp>
 
+#include <algorithm>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 namespace kvattn {
 
@@ -38,6 +41,29 @@ struct AttentionWeights {
   RowMatrix<T> wq, wk, wv, wo;
   Vector<T> bq, bk, bv, bo;
 };
+
+template <class T>
+class AttentionWorkspace;
+
+namespace detail {
+
+/// Entry of a ragged batch: rows [row, row + rows) of X are the tokens of
+/// `seq` at positions [pos, pos + rows) (in every layer).
+struct RaggedEntry {
+  SeqId seq = 0;
+  Eigen::Index row = 0, rows = 0, pos = 0;
+};
+
+template <class T>
+class LlamaBatch;
+template <class T>
+void reserve_ragged(AttentionWorkspace<T>& ws, const AttentionConfig& c, const RaggedEntry* e,
+                    Eigen::Index count, Eigen::Index decode_rows, Eigen::Index total_rows);
+template <class Layer, class T, class S>
+void run_ragged(const Layer& mha, const Eigen::Ref<const RowMatrix<T>>& x, PagedLayer<T, S> layer,
+                const RaggedEntry* e, Eigen::Index count, Eigen::Index decode_rows,
+                Eigen::Ref<RowMatrix<T>> y, AttentionWorkspace<T>& ws);
+}  // namespace detail
 
 /// Scratch memory for MultiHeadAttention calls, sized on first use and reused,
 /// so steady-state decoding allocates nothing. One per thread when a layer is
@@ -60,9 +86,45 @@ class AttentionWorkspace {
  private:
   template <class, class>
   friend class MultiHeadAttention;
+  template <class>
+  friend class detail::LlamaBatch;
+  template <class U>
+  friend void detail::reserve_ragged(AttentionWorkspace<U>&, const AttentionConfig&,
+                                     const detail::RaggedEntry*, Eigen::Index, Eigen::Index,
+                                     Eigen::Index);
+  template <class Layer, class U, class S>
+  friend void detail::run_ragged(const Layer&, const Eigen::Ref<const RowMatrix<U>>&,
+                                 PagedLayer<U, S>, const detail::RaggedEntry*, Eigen::Index,
+                                 Eigen::Index, Eigen::Ref<RowMatrix<U>>, AttentionWorkspace<U>&);
+
+  // Room for n decode sequences and their cache views (trivially copyable
+  // records of at most 64 bytes, placed by run_ragged).
+  void reserve_seq_bytes(Eigen::Index n) {
+    const size_t words = size_t(std::max<Eigen::Index>(n, 1)) * 64 / sizeof(std::max_align_t) + 1;
+    if (seq_bytes_.size() < words) seq_bytes_.resize(words);
+    if (view_bytes_.size() < words) view_bytes_.resize(words);
+  }
+  template <class X>
+  X* seq_array() {
+    static_assert(sizeof(X) <= 64 && alignof(X) <= alignof(std::max_align_t), "a small record");
+    return reinterpret_cast<X*>(seq_bytes_.data());
+  }
+  template <class X>
+  X* view_array() {
+    static_assert(sizeof(X) <= 64 && alignof(X) <= alignof(std::max_align_t), "a small record");
+    return reinterpret_cast<X*>(view_bytes_.data());
+  }
+
   Vector<T> qkv_;    // [n_new x q_dim + 2*kv_dim]
   Vector<T> heads_;  // [n_new x q_dim]: attention output before Wo
   ops::AttentionScratch<T> attention_;
+  // Paged calls: the batch as ragged entries, the blocks prepare() changed,
+  // and the decode sequences' records.
+  std::vector<detail::RaggedEntry> entries_;
+  std::vector<SeqId> seqs_;
+  std::vector<Eigen::Index> firsts_, ends_;
+  PagedUndo undo_;
+  std::vector<std::max_align_t> seq_bytes_, view_bytes_;
 };
 
 /// T: the compute type. Weight: how the four projections keep their weights
@@ -138,9 +200,131 @@ class MultiHeadAttention {
         Eigen::Map<RowMatrix<T>>(y.data(), 1, y.size()), workspace);
   }
 
+  // ---- the paged cache: many sequences in one pool ----
+
+  /// Runs n_new tokens of sequence `seq` (x: [n_new x d_model]) at
+  /// positions layer.size(seq) ..., appending their K and V to that layer of
+  /// the pool (cache.layer(l)); returns [n_new x d_model]. Same contract as
+  /// forward(x, cache); a pool without the free blocks the call needs is
+  /// std::length_error. A call that throws leaves the pool as it was.
+  template <class Storage>
+  RowMatrix<T> forward(const Eigen::Ref<const RowMatrix<T>>& x, PagedLayer<T, Storage> layer,
+                       SeqId seq) {
+    RowMatrix<T> y(x.rows(), config_.d_model);
+    forward(x, layer, seq, y, workspace_);
+    return y;
+  }
+
+  /// forward into existing storage y [n_new x d_model], with caller-owned scratch.
+  template <class Storage>
+  void forward(const Eigen::Ref<const RowMatrix<T>>& x, PagedLayer<T, Storage> layer, SeqId seq,
+               Eigen::Ref<RowMatrix<T>> y, AttentionWorkspace<T>& ws) const {
+    check_paged(kForward, x.cols(), "columns", layer);
+    detail::check_shape(kForward, "y", y.rows(), y.cols(), "[x.rows() x d_model]", x.rows(),
+                        config_.d_model);
+    check_seq(kForward, "seq", layer, seq);
+    ws.entries_.assign(1, detail::RaggedEntry{seq, 0, x.rows(), layer.size(seq)});
+    run_paged(x, layer, x.rows() == 1 ? 1 : 0, y, ws);
+  }
+
+  /// One new token for each of B distinct sequences: x [B x d_model], row b
+  /// the token of seqs[b] at position layer.size(seqs[b]); y [B x d_model].
+  /// One pass over each weight for the whole batch; row b of y is bitwise
+  /// what the same sequence would give alone or in any other batch.
+  /// Checks everything before it changes anything: std::invalid_argument
+  /// for shapes and for an unknown or repeated sequence, std::length_error
+  /// when the pool lacks the blocks the batch needs (copy-on-write copies
+  /// counted); after any throw every sequence and the pool are as before.
+  template <class Storage>
+  void step_batch(const Eigen::Ref<const RowMatrix<T>>& x, PagedLayer<T, Storage> layer,
+                  const std::vector<SeqId>& seqs, Eigen::Ref<RowMatrix<T>> y) {
+    step_batch(x, layer, seqs, y, workspace_);
+  }
+
+  /// step_batch with caller-owned scratch; allocates nothing once the
+  /// workspace has seen a batch of this size and these lengths.
+  template <class Storage>
+  void step_batch(const Eigen::Ref<const RowMatrix<T>>& x, PagedLayer<T, Storage> layer,
+                  const std::vector<SeqId>& seqs, Eigen::Ref<RowMatrix<T>> y,
+                  AttentionWorkspace<T>& ws) const {
+    constexpr const char* fn = "MultiHeadAttention::step_batch";
+    check_paged(fn, x.cols(), "columns", layer);
+    const Eigen::Index batch = Eigen::Index(seqs.size());
+    if (x.rows() != batch) {
+      throw std::invalid_argument(detail::concat(fn, ": x has ", x.rows(),
+                                                 " rows, expected one per sequence = ", batch));
+    }
+    detail::check_shape(fn, "y", y.rows(), y.cols(), "[seqs.size() x d_model]", batch,
+                        config_.d_model);
+    ws.seqs_.assign(seqs.begin(), seqs.end());
+    std::sort(ws.seqs_.begin(), ws.seqs_.end());
+    for (Eigen::Index b = 0; b < batch; ++b) {
+      check_seq(fn, "seqs[b]", layer, seqs[size_t(b)]);
+      if (b > 0 && ws.seqs_[size_t(b)] == ws.seqs_[size_t(b - 1)]) {
+        throw std::invalid_argument(detail::concat(fn, ": seq ", ws.seqs_[size_t(b)],
+                                                   " appears more than once in seqs"));
+      }
+    }
+    ws.entries_.resize(size_t(batch));
+    for (Eigen::Index b = 0; b < batch; ++b) {
+      ws.entries_[size_t(b)] = detail::RaggedEntry{seqs[size_t(b)], b, 1, layer.size(seqs[size_t(b)])};
+    }
+    run_paged(x, layer, batch, y, ws);
+  }
+
  private:
   static constexpr const char* kForward = "MultiHeadAttention::forward";
   static constexpr const char* kStep = "MultiHeadAttention::step";
+
+  template <class Storage>
+  void check_paged(const char* fn, Eigen::Index width, const char* unit,
+                   const PagedLayer<T, Storage>& layer) const {
+    if (width != config_.d_model) {
+      throw std::invalid_argument(detail::concat(fn, ": x has ", width, " ", unit,
+                                                 ", expected d_model = ", config_.d_model));
+    }
+    if (layer.n_kv_heads() != config_.n_kv_heads || layer.head_dim() != config_.head_dim) {
+      throw std::invalid_argument(detail::concat(
+          fn, ": cache has n_kv_heads = ", layer.n_kv_heads(), ", head_dim = ", layer.head_dim(),
+          ", expected n_kv_heads = ", config_.n_kv_heads, ", head_dim = ", config_.head_dim));
+    }
+  }
+  template <class Storage>
+  static void check_seq(const char* fn, const char* arg, const PagedLayer<T, Storage>& layer,
+                        SeqId seq) {
+    if (!layer.cache().contains(seq)) {
+      throw std::invalid_argument(
+          detail::concat(fn, ": ", arg, " = ", seq, " is not a sequence of this cache"));
+    }
+  }
+
+  // ws.entries_ holds the batch (decode entries, `decode_rows` of them,
+  // first): grows the scratch, prepares the blocks, runs, and undoes the
+  // cache's changes if anything throws.
+  template <class Storage>
+  void run_paged(const Eigen::Ref<const RowMatrix<T>>& x, PagedLayer<T, Storage> layer,
+                 Eigen::Index decode_rows, Eigen::Ref<RowMatrix<T>> y,
+                 AttentionWorkspace<T>& ws) const {
+    if (x.rows() == 0) return;
+    const Eigen::Index count = Eigen::Index(ws.entries_.size());
+    detail::reserve_ragged(ws, config_, ws.entries_.data(), count, decode_rows, x.rows());
+    ws.seqs_.resize(size_t(count));
+    ws.firsts_.resize(size_t(count));
+    ws.ends_.resize(size_t(count));
+    for (Eigen::Index i = 0; i < count; ++i) {
+      const detail::RaggedEntry& e = ws.entries_[size_t(i)];
+      ws.seqs_[size_t(i)] = e.seq;
+      ws.firsts_[size_t(i)] = e.pos;
+      ws.ends_[size_t(i)] = e.pos + e.rows;
+    }
+    layer.cache().prepare(ws.seqs_.data(), ws.firsts_.data(), ws.ends_.data(), count, ws.undo_);
+    try {
+      detail::run_ragged(*this, x, layer, ws.entries_.data(), count, decode_rows, y, ws);
+    } catch (...) {
+      layer.cache().undo(ws.undo_);
+      throw;
+    }
+  }
 
   static const AttentionConfig& checked(const AttentionConfig& c) {
     c.validate();
@@ -205,3 +389,5 @@ class MultiHeadAttention {
 };
 
 }  // namespace kvattn
+
+#include <kvattn/layers/paged_attention.hpp>  // detail::run_ragged

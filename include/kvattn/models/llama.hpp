@@ -20,6 +20,7 @@
 /// embedding then gets its own rounded copy.
 
 #include <kvattn/cache/kv_cache.hpp>
+#include <kvattn/cache/paged_kv_cache.hpp>
 #include <kvattn/cache/serialization.hpp>
 #include <kvattn/config.hpp>
 #include <kvattn/detail/scratch.hpp>
@@ -188,6 +189,14 @@ class LlamaState {
   std::vector<KVCache<T, Storage>> caches_;  // [n_layers]
 };
 
+/// One entry of a ragged batch (Llama::forward_batch): tokens of one
+/// sequence of a PagedKVCache, to run at its next positions (a prompt chunk,
+/// or one token).
+struct SeqTokens {
+  SeqId seq = 0;
+  std::vector<int> tokens;
+};
+
 /// T: the compute type. Weight: how the matrices are kept (T, or
 /// Eigen::bfloat16 / Eigen::half for float; see the file comment).
 template <class T, class Weight = T>
@@ -274,6 +283,28 @@ class Llama {
     return logits;
   }
 
+  /// A pool of n_blocks blocks of block_tokens positions (every layer) for
+  /// this model's sequences, storing Storage.
+  template <class Storage = T>
+  PagedKVCache<T, Storage> make_paged_cache(Eigen::Index n_blocks,
+                                            Eigen::Index block_tokens = 16) const {
+    return PagedKVCache<T, Storage>(PagedCacheConfig{config_.n_layers, config_.n_kv_heads,
+                                                     config_.head_dim(), block_tokens, n_blocks});
+  }
+
+  /// Runs a ragged batch: each entry's tokens at its sequence's next
+  /// positions (some entries a prompt chunk, others one token), and returns
+  /// the logits after each entry's last token, [batch.size() x vocab_size],
+  /// in batch order. An entry of one token is computed exactly as it would
+  /// be alone (bitwise, whatever else is in the batch, with any thread
+  /// count); prompt chunks agree with a solo prefill to float rounding.
+  /// Checks everything first: std::invalid_argument for an unknown or
+  /// repeated sequence, an empty entry, a token out of range, a pool made
+  /// for another model; std::length_error when the pool lacks the blocks the
+  /// whole batch needs. After any throw the pool is as it was.
+  template <class Storage>
+  RowMatrix<T> forward_batch(const std::vector<SeqTokens>& batch, PagedKVCache<T, Storage>& cache);
+
  private:
   static constexpr bool reduced = !std::is_same<Weight, T>::value;
 
@@ -283,6 +314,32 @@ class Llama {
     Vector<T> ffn_norm;
     RowMatrix<Weight> w1, w2, w3;
   };
+
+  // Y = X W^T: the first decode_rows rows as one-token products (bitwise
+  // independent of the others), the rest as one matrix product.
+  void project(const RowMatrix<Weight>& w, const Eigen::Ref<const RowMatrix<T>>& x,
+               Eigen::Ref<RowMatrix<T>> y, Eigen::Index decode_rows) const {
+    ops::linear_few<T, Weight>(w, Vector<T>(), x.topRows(decode_rows), y.topRows(decode_rows));
+    const Eigen::Index rest = x.rows() - decode_rows;
+    if (rest > 0) ops::linear_batch<T, Weight>(w, Vector<T>(), x.bottomRows(rest), y.bottomRows(rest));
+  }
+
+  // The feed-forward block on x_'s rows, added into x_ (xb_: the normed input).
+  void feed_forward(const Layer& L, Eigen::Index decode_rows) {
+    const T eps = static_cast<T>(config_.norm_eps);
+    ops::rmsnorm_rows<T>(x_, L.ffn_norm, eps, xb_);
+    project(L.w1, xb_, h1_, decode_rows);
+    project(L.w3, xb_, h3_, decode_rows);
+    if constexpr (std::is_same<T, float>::value) {
+      for (Eigen::Index r = 0; r < h1_.rows(); ++r) {  // silu(h1) * h3, row by row
+        kernels::active().silu_mul(h1_.row(r).data(), h3_.row(r).data(), h1_.cols());
+      }
+    } else {
+      h1_.array() = h1_.array() / (T(1) + (-h1_.array()).exp()) * h3_.array();
+    }
+    project(L.w2, h1_, attn_, decode_rows);
+    x_ += attn_;
+  }
 
   static const LlamaConfig& checked(const LlamaWeights<T>& w) {
     const LlamaConfig& c = w.config;
@@ -360,12 +417,7 @@ class Llama {
         ops::rmsnorm_rows<T>(x_, L.attention_norm, eps, xb_);
         L.attention.forward(xb_, state.caches_[l], attn_, workspace_);
         x_ += attn_;
-        ops::rmsnorm_rows<T>(x_, L.ffn_norm, eps, xb_);
-        ops::linear_batch<T, Weight>(L.w1, Vector<T>(), xb_, h1_);
-        ops::linear_batch<T, Weight>(L.w3, Vector<T>(), xb_, h3_);
-        h1_.array() = h1_.array() / (T(1) + (-h1_.array()).exp()) * h3_.array();  // silu(h1) * h3
-        ops::linear_batch<T, Weight>(L.w2, Vector<T>(), h1_, attn_);
-        x_ += attn_;
+        feed_forward(L, n == 1 ? 1 : 0);
       }
       ops::rmsnorm_rows<T>(x_, final_norm_, eps, x_);
     } catch (...) {
@@ -386,6 +438,15 @@ class Llama {
   RowMatrix<T> x_, xb_, attn_, h1_, h3_;
   AttentionWorkspace<T> workspace_;
   std::vector<int> single_ = std::vector<int>(1);
+  // forward_batch: the batch as ragged entries (one-token entries first),
+  // the batch index of each entry, the pool's undo log, and the final rows.
+  std::vector<detail::RaggedEntry> entries_;
+  std::vector<Eigen::Index> order_, firsts_, ends_;
+  std::vector<SeqId> seqs_;
+  PagedUndo undo_;
+  RowMatrix<T> last_;  // [batch x dim]
 };
 
 }  // namespace kvattn
+
+#include <kvattn/models/llama_batch.hpp>  // Llama::forward_batch
