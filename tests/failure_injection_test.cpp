@@ -40,6 +40,7 @@ inline void on_assert(const char* what) {
 
 #include "test_util.hpp"
 
+#include <memory>
 #include <sstream>
 
 void* operator new(std::size_t n) {
@@ -192,4 +193,87 @@ TEST(FailureInjection, LlamaPrefillAndStepKeepTheState) {
       });
   EXPECT_GT(forward_failures, 0);
   EXPECT_EQ(all.rows(), 6);
+}
+
+// The batched paged calls: a mixed batch (decode tokens, a prompt chunk,
+// a fork whose shared blocks must be copied) through Llama::forward_batch,
+// and step_batch of one layer, with the Nth allocation failing: every
+// sequence keeps its length, block table and rows, the pool its accounting.
+namespace {
+
+struct PoolSnapshot {
+  std::vector<kvattn::SeqId> seqs;
+  std::vector<std::vector<Eigen::Index>> blocks;
+  std::vector<float> rows;
+  Eigen::Index free = 0;
+};
+
+PoolSnapshot snapshot(kvattn::PagedKVCache<float>& pool) {
+  PoolSnapshot s;
+  s.seqs = pool.sequences();
+  s.free = pool.free_blocks();
+  for (kvattn::SeqId id : s.seqs) {
+    s.blocks.push_back(pool.blocks_of(id));
+    for (Eigen::Index l = 0; l < pool.n_layers(); ++l) {
+      for (Eigen::Index h = 0; h < pool.n_kv_heads(); ++h) {
+        for (Eigen::Index p = 0; p < pool.layer_length(id, l); ++p) {
+          const auto r = pool.row(id, l, h, p);
+          s.rows.insert(s.rows.end(), r.k, r.k + pool.head_dim());
+          s.rows.insert(s.rows.end(), r.v, r.v + pool.head_dim());
+        }
+      }
+    }
+  }
+  return s;
+}
+
+void expect_same(const PoolSnapshot& a, const PoolSnapshot& b) {
+  ASSERT_EQ(a.seqs, b.seqs);
+  ASSERT_EQ(a.blocks, b.blocks);
+  ASSERT_EQ(a.free, b.free);
+  ASSERT_EQ(a.rows, b.rows);
+}
+
+}  // namespace
+
+TEST(FailureInjection, PagedBatchesKeepThePool) {
+  std::mt19937 rng(5);
+  const kvattn::LlamaWeights<float> w = test::random_llama(16, 24, 2, 4, 2, 20, rng);
+  kvattn::Llama<float> warm(w);
+  kvattn::PagedKVCache<float> pool = warm.make_paged_cache(12);
+  const kvattn::SeqId a = pool.add_sequence(), b = pool.add_sequence();
+  warm.forward_batch({{a, {1, 2, 3, 4, 5}}, {b, {1, 7}}}, pool);
+  const kvattn::SeqId c = pool.fork(a);  // shares a's block: writing c copies it
+  const PoolSnapshot before = snapshot(pool);
+  kvattn::RowMatrix<float> logits;
+  std::unique_ptr<kvattn::Llama<float>> model;
+  const long failures = fail_each_allocation(
+      [&] {
+        model = std::make_unique<kvattn::Llama<float>>(w);  // its scratch grows inside the call
+        logits = model->forward_batch({{a, {9}}, {c, {3, 4, 5}}, {b, {8}}}, pool);
+      },
+      [&] { expect_same(snapshot(pool), before); });
+  EXPECT_GT(failures, 5);
+  EXPECT_EQ(pool.length(a), 6);
+  EXPECT_EQ(pool.length(c), 8);
+  EXPECT_NE(pool.blocks_of(c)[0], pool.blocks_of(a)[0]);
+  EXPECT_TRUE(logits.allFinite());
+
+  const kvattn::AttentionConfig ac{16, 4, 2, 4, kvattn::RopeStyle::Interleaved};
+  kvattn::MultiHeadAttention<float> layer(ac, test::random_weights<float>(ac, rng));
+  kvattn::PagedKVCache<float> one({1, 2, 4, 16, 4});
+  const kvattn::SeqId s = one.add_sequence(), t = one.add_sequence();
+  layer.forward(test::random_matrix<float>(16, 16, rng), one.layer(0), s);
+  layer.forward(test::random_matrix<float>(3, 16, rng), one.layer(0), t);
+  const kvattn::RowMatrix<float> x = test::random_matrix<float>(2, 16, rng);
+  kvattn::RowMatrix<float> y(2, 16);
+  const PoolSnapshot before_step = snapshot(one);
+  const long step_failures = fail_each_allocation(
+      [&] {
+        kvattn::AttentionWorkspace<float> ws;  // grows inside the call
+        layer.step_batch(x, one.layer(0), {t, s}, y, ws);
+      },
+      [&] { expect_same(snapshot(one), before_step); });
+  EXPECT_GT(step_failures, 2);
+  EXPECT_EQ(one.length(s), 17);
 }

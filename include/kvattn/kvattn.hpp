@@ -4,9 +4,13 @@
 /// Includes every public header.
 
 #include <kvattn/cache/kv_cache.hpp>
+#include <kvattn/cache/paged_kv_cache.hpp>
+#include <kvattn/cache/paged_layer.hpp>
+#include <kvattn/cache/paged_serialization.hpp>
 #include <kvattn/cache/serialization.hpp>
 #include <kvattn/cache/storage.hpp>
 #include <kvattn/config.hpp>
+#include <kvattn/kernels/kernels.hpp>
 #include <kvattn/error.hpp>
 #include <kvattn/io/llama2c.hpp>
 #include <kvattn/layers/multi_head_attention.hpp>

@@ -67,8 +67,8 @@ struct PagedCacheConfig {
     detail::check_arg(n_layers > 0, fn, "n_layers", n_layers, "> 0");
     detail::check_arg(n_kv_heads > 0, fn, "n_kv_heads", n_kv_heads, "> 0");
     detail::check_arg(head_dim > 0, fn, "head_dim", head_dim, "> 0");
-    detail::check_arg(block_tokens > 0 && block_tokens % 16 == 0, fn, "block_tokens",
-                      block_tokens, "a positive multiple of 16");
+    detail::check_arg(block_tokens > 0 && block_tokens % 16 == 0, fn, "block_tokens", block_tokens,
+                      "a positive multiple of 16");
     detail::check_arg(n_blocks > 0, fn, "n_blocks", n_blocks, "> 0");
   }
 };
@@ -78,8 +78,8 @@ struct PagedCacheConfig {
 struct PagedUndo {
   struct Entry {
     SeqId seq;
-    std::vector<Eigen::Index> filled;  // tokens per layer before
-    size_t old_blocks;                 // table size before
+    std::vector<Eigen::Index> filled;                     // tokens per layer before
+    size_t old_blocks;                                    // table size before
     std::vector<std::pair<size_t, Eigen::Index>> copied;  // (table index, block it replaced)
   };
   std::vector<Entry> entries;  // the first `count` are in use
@@ -230,8 +230,8 @@ class PagedKVCache {
     for (Eigen::Index i = 0; i < count; ++i) total += needed(get(fn, seqs[i]), first[i], end[i]);
     if (total > free_blocks()) {
       throw std::length_error(detail::concat("kvattn::PagedKVCache: the call needs ", total,
-                                             " free blocks of ", c_.block_tokens,
-                                             " positions, ", free_blocks(), " are free"));
+                                             " free blocks of ", c_.block_tokens, " positions, ",
+                                             free_blocks(), " are free"));
     }
     // Everything that can allocate, before any change.
     if (undo.entries.size() < size_t(count)) undo.entries.resize(size_t(count));
@@ -288,7 +288,8 @@ class PagedKVCache {
   /// positions [first, first+n) of layer l of `seq`, whose blocks prepare()
   /// made exclusive, and sets that layer's length to first + n.
   void write_rows(SeqId seq, Eigen::Index l, Eigen::Index first,
-                  const Eigen::Ref<const RowMatrix<T>>& k, const Eigen::Ref<const RowMatrix<T>>& v) {
+                  const Eigen::Ref<const RowMatrix<T>>& k,
+                  const Eigen::Ref<const RowMatrix<T>>& v) {
     const Eigen::Index hd = c_.head_dim;
     for (Eigen::Index i = 0; i < k.rows(); ++i) {
       for (Eigen::Index h = 0; h < c_.n_kv_heads; ++h) {
@@ -304,8 +305,28 @@ class PagedKVCache {
     seqs_.find(seq)->second.filled[size_t(l)] = first + k.rows();
   }
 
-
   // ---- rows, for the layer views and the kernels (checked by eigen_assert only) ----
+
+  /// The stored key and value row of position `pos` of KV head h in layer l
+  /// of `seq`, and their int8 scales (null for other storage): for
+  /// serialization. Writing through it needs prepare() first.
+  struct RowRef {
+    Storage* k;
+    Storage* v;
+    T* k_scale;
+    T* v_scale;
+  };
+  RowRef row(SeqId seq, Eigen::Index l, Eigen::Index h, Eigen::Index pos) {
+    const Eigen::Index r = row_index(seq, l, h, pos);
+    return RowRef{k_.data() + r * c_.head_dim, v_.data() + r * c_.head_dim,
+                  is_quantized ? k_scale_.data() + r : nullptr,
+                  is_quantized ? v_scale_.data() + r : nullptr};
+  }
+  /// Sets every layer's length of `seq` to n (its rows were written through row()).
+  void set_length(SeqId seq, Eigen::Index n) {
+    Seq& s = get("PagedKVCache::set_length", seq);
+    for (Eigen::Index& f : s.filled) f = n;
+  }
 
   /// Positions [first, first+n) of KV head h, layer l, of `seq` as runs of
   /// contiguous rows, one per block (kernels::KVSpan<Storage, T>); writes at
@@ -318,8 +339,8 @@ class PagedKVCache {
     Eigen::Index count = 0;
     for (Eigen::Index p = first; p < first + n && count < max_out; ++count) {
       const Eigen::Index b = p / bt, in = p % bt, rows = std::min(bt - in, first + n - p);
-      const Eigen::Index row = (s.blocks[size_t(b)] * c_.n_layers + l) * c_.n_kv_heads * bt +
-                               h * bt + in;
+      const Eigen::Index row =
+          (s.blocks[size_t(b)] * c_.n_layers + l) * c_.n_kv_heads * bt + h * bt + in;
       out[count].k = k_.data() + row * c_.head_dim;
       out[count].v = v_.data() + row * c_.head_dim;
       out[count].k_scales = is_quantized ? k_scale_.data() + row : nullptr;
@@ -341,8 +362,8 @@ class PagedKVCache {
 
   static PagedCacheConfig checked(const PagedCacheConfig& c) {
     c.validate();
-    const Eigen::Index limit = std::numeric_limits<Eigen::Index>::max() /
-                               Eigen::Index(sizeof(T) + sizeof(Storage)) / 2;
+    const Eigen::Index limit =
+        std::numeric_limits<Eigen::Index>::max() / Eigen::Index(sizeof(T) + sizeof(Storage)) / 2;
     const Eigen::Index per_block = c.n_layers * c.n_kv_heads * c.block_tokens;
     if (c.n_layers > limit / c.n_kv_heads / c.block_tokens || per_block > limit / c.head_dim ||
         per_block * c.head_dim > limit / c.n_blocks) {
@@ -422,8 +443,8 @@ class PagedKVCache {
   PagedCacheConfig c_;
   Eigen::Index block_rows_ = 0;  // rows per block: n_layers * n_kv_heads * block_tokens
   Data k_, v_;
-  Vector<T> k_scale_, v_scale_;   // int8 only
-  std::vector<int> refs_;         // [n_blocks]: sequences holding each block
+  Vector<T> k_scale_, v_scale_;     // int8 only
+  std::vector<int> refs_;           // [n_blocks]: sequences holding each block
   std::vector<Eigen::Index> free_;  // free blocks, the next at the back
   SeqMap seqs_;
   SeqId next_id_ = 1;

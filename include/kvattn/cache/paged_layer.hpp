@@ -88,9 +88,9 @@ class PagedLayer {
   /// Throws std::out_of_range for a layer the cache does not have.
   PagedLayer(PagedKVCache<T, Storage>& cache, Eigen::Index layer) : cache_(&cache), layer_(layer) {
     if (layer < 0 || layer >= cache.n_layers()) {
-      throw std::out_of_range(detail::concat("PagedKVCache::layer: layer = ", layer,
-                                             ", expected 0 <= layer < n_layers = ",
-                                             cache.n_layers()));
+      throw std::out_of_range(
+          detail::concat("PagedKVCache::layer: layer = ", layer,
+                         ", expected 0 <= layer < n_layers = ", cache.n_layers()));
     }
   }
 

@@ -251,8 +251,8 @@ class MultiHeadAttention {
     check_paged(fn, x.cols(), "columns", layer);
     const Eigen::Index batch = Eigen::Index(seqs.size());
     if (x.rows() != batch) {
-      throw std::invalid_argument(detail::concat(fn, ": x has ", x.rows(),
-                                                 " rows, expected one per sequence = ", batch));
+      throw std::invalid_argument(
+          detail::concat(fn, ": x has ", x.rows(), " rows, expected one per sequence = ", batch));
     }
     detail::check_shape(fn, "y", y.rows(), y.cols(), "[seqs.size() x d_model]", batch,
                         config_.d_model);
@@ -261,13 +261,14 @@ class MultiHeadAttention {
     for (Eigen::Index b = 0; b < batch; ++b) {
       check_seq(fn, "seqs[b]", layer, seqs[size_t(b)]);
       if (b > 0 && ws.seqs_[size_t(b)] == ws.seqs_[size_t(b - 1)]) {
-        throw std::invalid_argument(detail::concat(fn, ": seq ", ws.seqs_[size_t(b)],
-                                                   " appears more than once in seqs"));
+        throw std::invalid_argument(
+            detail::concat(fn, ": seq ", ws.seqs_[size_t(b)], " appears more than once in seqs"));
       }
     }
     ws.entries_.resize(size_t(batch));
     for (Eigen::Index b = 0; b < batch; ++b) {
-      ws.entries_[size_t(b)] = detail::RaggedEntry{seqs[size_t(b)], b, 1, layer.size(seqs[size_t(b)])};
+      ws.entries_[size_t(b)] =
+          detail::RaggedEntry{seqs[size_t(b)], b, 1, layer.size(seqs[size_t(b)])};
     }
     run_paged(x, layer, batch, y, ws);
   }

@@ -89,8 +89,8 @@ void run_ragged(const Layer& mha, const Eigen::Ref<const RowMatrix<T>>& x, Paged
   Eigen::Index n_decode = 0;
   for (Eigen::Index i = 0; i < count; ++i) {
     if (e[i].rows == 1 && e[i].row < decode_rows) {
-      ::new (static_cast<void*>(seqs + n_decode)) Seq{nullptr, qkv.row(e[i].row).data(),
-                                                     e[i].pos + 1, heads.row(e[i].row).data()};
+      ::new (static_cast<void*>(seqs + n_decode))
+          Seq{nullptr, qkv.row(e[i].row).data(), e[i].pos + 1, heads.row(e[i].row).data()};
       ++n_decode;
     }
   }
@@ -110,8 +110,8 @@ void run_ragged(const Layer& mha, const Eigen::Ref<const RowMatrix<T>>& x, Paged
                           layer.view(e[i].seq, e[i].pos + e[i].rows), e[i].pos, c.n_heads, scale,
                           heads.middleRows(e[i].row, e[i].rows), ws.attention_);
   }
-  ops::linear_few<T, Weight>(mha.output().weight(), mha.output().bias(),
-                             heads.topRows(decode_rows), y.topRows(decode_rows));
+  ops::linear_few<T, Weight>(mha.output().weight(), mha.output().bias(), heads.topRows(decode_rows),
+                             y.topRows(decode_rows));
   if (prompt_rows > 0) {
     ops::linear_batch<T, Weight>(mha.output().weight(), mha.output().bias(),
                                  heads.bottomRows(prompt_rows), y.bottomRows(prompt_rows));

@@ -321,7 +321,8 @@ class Llama {
                Eigen::Ref<RowMatrix<T>> y, Eigen::Index decode_rows) const {
     ops::linear_few<T, Weight>(w, Vector<T>(), x.topRows(decode_rows), y.topRows(decode_rows));
     const Eigen::Index rest = x.rows() - decode_rows;
-    if (rest > 0) ops::linear_batch<T, Weight>(w, Vector<T>(), x.bottomRows(rest), y.bottomRows(rest));
+    if (rest > 0)
+      ops::linear_batch<T, Weight>(w, Vector<T>(), x.bottomRows(rest), y.bottomRows(rest));
   }
 
   // The feed-forward block on x_'s rows, added into x_ (xb_: the normed input).

@@ -36,27 +36,25 @@ RowMatrix<T> Llama<T, Weight>::forward_batch(const std::vector<SeqTokens>& batch
   for (Eigen::Index b = 0; b < n_batch; ++b) {
     const SeqTokens& e = batch[size_t(b)];
     if (!cache.contains(e.seq)) {
-      throw std::invalid_argument(detail::concat(fn, ": batch[", b, "].seq = ", e.seq,
-                                                 " is not a sequence of this cache"));
+      throw std::invalid_argument(
+          detail::concat(fn, ": batch[", b, "].seq = ", e.seq, " is not a sequence of this cache"));
     }
     if (e.tokens.empty()) {
       throw std::invalid_argument(detail::concat(fn, ": batch[", b, "].tokens is empty"));
     }
     for (size_t j = 0; j < e.tokens.size(); ++j) {
       if (e.tokens[j] < 0 || e.tokens[j] >= config_.vocab_size) {
-        throw std::invalid_argument(detail::concat(fn, ": batch[", b, "].tokens[", j,
-                                                   "] = ", e.tokens[j],
-                                                   ", expected 0 <= token < vocab_size = ",
-                                                   config_.vocab_size));
+        throw std::invalid_argument(
+            detail::concat(fn, ": batch[", b, "].tokens[", j, "] = ", e.tokens[j],
+                           ", expected 0 <= token < vocab_size = ", config_.vocab_size));
       }
     }
     const Eigen::Index len = cache.length(e.seq);
     for (Eigen::Index l = 0; l < config_.n_layers; ++l) {
       if (cache.layer_length(e.seq, l) != len) {
-        throw std::invalid_argument(detail::concat(fn, ": batch[", b, "].seq = ", e.seq,
-                                                   " holds ", cache.layer_length(e.seq, l),
-                                                   " tokens in layer ", l, " but ", len,
-                                                   " in others"));
+        throw std::invalid_argument(detail::concat(
+            fn, ": batch[", b, "].seq = ", e.seq, " holds ", cache.layer_length(e.seq, l),
+            " tokens in layer ", l, " but ", len, " in others"));
       }
     }
     seqs_[size_t(b)] = e.seq;
@@ -66,8 +64,8 @@ RowMatrix<T> Llama<T, Weight>::forward_batch(const std::vector<SeqTokens>& batch
   std::sort(seqs_.begin(), seqs_.end());
   for (Eigen::Index b = 1; b < n_batch; ++b) {
     if (seqs_[size_t(b)] == seqs_[size_t(b - 1)]) {
-      throw std::invalid_argument(detail::concat(fn, ": seq ", seqs_[size_t(b)],
-                                                 " appears more than once in the batch"));
+      throw std::invalid_argument(
+          detail::concat(fn, ": seq ", seqs_[size_t(b)], " appears more than once in the batch"));
     }
   }
   RowMatrix<T> logits(n_batch, config_.vocab_size);  // allocated before the pool changes
@@ -104,7 +102,8 @@ RowMatrix<T> Llama<T, Weight>::forward_batch(const std::vector<SeqTokens>& batch
     firsts_[size_t(i)] = entries_[size_t(i)].pos;
     ends_[size_t(i)] = entries_[size_t(i)].pos + entries_[size_t(i)].rows;
   }
-  cache.prepare(seqs_.data(), firsts_.data(), ends_.data(), n_batch, undo_);  // may throw: no change
+  cache.prepare(seqs_.data(), firsts_.data(), ends_.data(), n_batch,
+                undo_);  // may throw: no change
 
   try {
     for (Eigen::Index i = 0; i < n_batch; ++i) {
@@ -118,8 +117,8 @@ RowMatrix<T> Llama<T, Weight>::forward_batch(const std::vector<SeqTokens>& batch
       Layer& L = layers_[l];
       ops::rmsnorm_rows<T>(x_, L.attention_norm, eps, xb_);
       detail::run_ragged<MultiHeadAttention<T, Weight>, T, Storage>(
-          L.attention, xb_, cache.layer(Eigen::Index(l)), entries_.data(), n_batch,
-                         decode_rows, attn_, workspace_);
+          L.attention, xb_, cache.layer(Eigen::Index(l)), entries_.data(), n_batch, decode_rows,
+          attn_, workspace_);
       x_ += attn_;
       feed_forward(L, decode_rows);
     }
