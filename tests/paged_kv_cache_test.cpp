@@ -312,3 +312,25 @@ TYPED_TEST(PagedSerialization, CorruptTruncatedMismatchedOrNoRoomChangesNothing)
   EXPECT_EQ(busy.free_blocks(), 1);
   EXPECT_NO_THROW(load(bytes));  // the intact file still loads
 }
+
+// Two sequences of one batch writing the block they share: the first to
+// write copies it, the second then holds it alone. The check counts one
+// copy, not two, so a pool with one free block takes the batch.
+TEST(PagedKVCache, SharedBlockWrittenByTwoOfABatchCostsOneCopy) {
+  PagedKVCache<float> c({1, 1, 4, 16, 3});
+  const SeqId a = c.add_sequence();
+  append_all_layers(c, a, 0, 20);
+  const SeqId b = c.fork(a);  // blocks 0 and 1 shared, one free
+  const Index first[2] = {20, 20}, end[2] = {21, 21};
+  const SeqId both[2] = {a, b};
+  EXPECT_EQ(c.blocks_needed(a, 20, 21), 1);
+  kvattn::PagedUndo undo;
+  c.prepare(both, first, end, 2, undo);
+  EXPECT_EQ(c.free_blocks(), 0);
+  EXPECT_NE(c.blocks_of(a)[1], c.blocks_of(b)[1]);
+  EXPECT_EQ(c.blocks_of(a)[0], c.blocks_of(b)[0]);
+  c.undo(undo);  // and undone, exactly
+  EXPECT_EQ(c.blocks_of(a), c.blocks_of(b));
+  EXPECT_EQ(c.free_blocks(), 1);
+  EXPECT_EQ(c.block_refs(1), 2);
+}

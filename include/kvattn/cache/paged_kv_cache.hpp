@@ -105,6 +105,7 @@ class PagedKVCache {
       v_scale_.setZero(c_.n_blocks * block_rows_);
     }
     refs_.assign(size_t(c_.n_blocks), 0);
+    writers_.assign(size_t(c_.n_blocks), 0);
     free_.reserve(size_t(c_.n_blocks));
     for (Eigen::Index b = c_.n_blocks; b-- > 0;) free_.push_back(b);  // block 0 handed out first
   }
@@ -212,9 +213,8 @@ class PagedKVCache {
 
   /// Blocks that writing positions [first, end) of `seq` needs from the free
   /// list: new blocks past its table, and copies of shared blocks in range.
-  Eigen::Index blocks_needed(SeqId seq, Eigen::Index first, Eigen::Index end) const {
-    const Seq& s = get("PagedKVCache::blocks_needed", seq);
-    return needed(s, first, end);
+  Eigen::Index blocks_needed(SeqId seq, Eigen::Index first, Eigen::Index end) {
+    return needed("PagedKVCache::blocks_needed", &seq, &first, &end, 1);
   }
 
   /// Makes the blocks of positions [first[i], end[i]) of seqs[i] exist and
@@ -226,8 +226,7 @@ class PagedKVCache {
   void prepare(const SeqId* seqs, const Eigen::Index* first, const Eigen::Index* end,
                Eigen::Index count, Undo& undo) {
     constexpr const char* fn = "PagedKVCache::prepare";
-    Eigen::Index total = 0;
-    for (Eigen::Index i = 0; i < count; ++i) total += needed(get(fn, seqs[i]), first[i], end[i]);
+    const Eigen::Index total = needed(fn, seqs, first, end, count);
     if (total > free_blocks()) {
       throw std::length_error(detail::concat("kvattn::PagedKVCache: the call needs ", total,
                                              " free blocks of ", c_.block_tokens, " positions, ",
@@ -377,6 +376,7 @@ class PagedKVCache {
     return (n + c_.block_tokens - 1) / c_.block_tokens;
   }
 
+  // Upper bound on the copies one sequence's write makes (for reserve()).
   Eigen::Index needed(const Seq& s, Eigen::Index first, Eigen::Index end) const {
     if (end <= first) return 0;
     const Eigen::Index have = Eigen::Index(s.blocks.size());
@@ -385,6 +385,35 @@ class PagedKVCache {
       if (refs_[size_t(s.blocks[size_t(b)])] > 1) ++n;
     }
     return n;
+  }
+
+  // Blocks a batch of writes takes from the free list, exactly: new blocks,
+  // and for a block held by R sequences of which W write it, min(W, R - 1)
+  // copies (the last holder to write finds it its own). Throws
+  // std::invalid_argument for an unknown sequence.
+  Eigen::Index needed(const char* fn, const SeqId* seqs, const Eigen::Index* first,
+                      const Eigen::Index* end, Eigen::Index count) {
+    Eigen::Index total = 0;
+    for (int pass = 0; pass < 2; ++pass) {  // count the writers of shared blocks, then add them up
+      for (Eigen::Index i = 0; i < count; ++i) {
+        const Seq& s = get(fn, seqs[i]);
+        if (end[i] <= first[i]) continue;
+        const Eigen::Index have = Eigen::Index(s.blocks.size());
+        if (pass == 0) total += std::max<Eigen::Index>(0, blocks_for(end[i]) - have);
+        for (Eigen::Index b = first[i] / c_.block_tokens; b < std::min(blocks_for(end[i]), have);
+             ++b) {
+          const size_t block = size_t(s.blocks[size_t(b)]);
+          if (refs_[block] < 2) continue;
+          if (pass == 0) {
+            ++writers_[block];
+          } else if (writers_[block] > 0) {
+            total += std::min(writers_[block], refs_[block] - 1);
+            writers_[block] = 0;
+          }
+        }
+      }
+    }
+    return total;
   }
 
   Eigen::Index take() noexcept {
@@ -445,6 +474,7 @@ class PagedKVCache {
   Data k_, v_;
   Vector<T> k_scale_, v_scale_;     // int8 only
   std::vector<int> refs_;           // [n_blocks]: sequences holding each block
+  std::vector<int> writers_;        // [n_blocks]: scratch of needed(), zero between calls
   std::vector<Eigen::Index> free_;  // free blocks, the next at the back
   SeqMap seqs_;
   SeqId next_id_ = 1;
