@@ -74,8 +74,8 @@ void report(benchmark::State& state, double bytes_per_step, int threads, double 
   const double bytes = bytes_per_step * double(state.iterations());
   state.SetBytesProcessed(int64_t(bytes));
   state.SetItemsProcessed(state.iterations());
-  if (bench::read_bandwidth[threads] > 0 && seconds > 0) {
-    state.counters["of_read_bw"] = bytes / seconds / bench::read_bandwidth[threads];
+  if (bench::read_bandwidth(threads) > 0 && seconds > 0) {
+    state.counters["of_read_bw"] = bytes / seconds / bench::read_bandwidth(threads);
   }
   state.counters["bytes_per_step"] = bytes_per_step;
 }

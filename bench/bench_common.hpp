@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <thread>
 #include <vector>
 
@@ -47,8 +48,16 @@ inline void read_bandwidth_args(benchmark::internal::Benchmark* b) {
   b->ArgName("threads")->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond)->UseRealTime();
 }
 
-// Bytes/s by thread count, measured by BM_ReadBandwidth earlier in this run.
-inline double read_bandwidth[3] = {0, 0, 0};
+// Bytes/s by thread count, measured by BM_ReadBandwidth earlier in this run
+// (0 where it was not measured).
+inline std::map<int, double>& read_bandwidths() {
+  static std::map<int, double> m;
+  return m;
+}
+inline double read_bandwidth(int threads) {
+  const auto it = read_bandwidths().find(threads);
+  return it == read_bandwidths().end() ? 0.0 : it->second;
+}
 
 // Sum over a 1 GiB buffer split between state.range(0) threads. The buffer
 // is allocated like the KV cache (huge pages where the OS allows), so the
@@ -80,7 +89,7 @@ inline void BM_ReadBandwidth(benchmark::State& state) {
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   const double bytes = double(n * sizeof(float)) * double(state.iterations());
   state.SetBytesProcessed(int64_t(bytes));
-  if (elapsed > 0) read_bandwidth[threads] = bytes / elapsed;
+  if (elapsed > 0) read_bandwidths()[threads] = bytes / elapsed;
 }
 
 }  // namespace bench

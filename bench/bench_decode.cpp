@@ -199,8 +199,8 @@ void report(benchmark::State& state, double bytes_per_step, double seconds) {
   const int threads = int(state.range(2));
   state.SetItemsProcessed(state.iterations());  // tokens
   state.SetBytesProcessed(int64_t(bytes));
-  if (bench::read_bandwidth[threads] > 0 && seconds > 0) {
-    state.counters["of_read_bw"] = bytes / seconds / bench::read_bandwidth[threads];
+  if (bench::read_bandwidth(threads) > 0 && seconds > 0) {
+    state.counters["of_read_bw"] = bytes / seconds / bench::read_bandwidth(threads);
   }
 }
 

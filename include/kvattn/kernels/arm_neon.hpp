@@ -80,6 +80,7 @@ struct V {
   static void prefetch(const void* p) {  // volatile: a compiler may drop a prefetch-only loop
     __asm__ volatile("prfm pldl1keep, [%0]" : : "r"(p));
   }
+  static void prefetch_l2(const void* p) { __asm__ volatile("prfm pldl2keep, [%0]" : : "r"(p)); }
 
   // int8 rows in the integer domain.
   static I32 izero() { return vdupq_n_s32(0); }

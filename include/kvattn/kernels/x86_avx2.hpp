@@ -108,6 +108,9 @@ struct V {
   static void prefetch(const void* p) {
     __asm__ volatile("prefetcht0 %0" : : "m"(*static_cast<const char*>(p)));
   }
+  static void prefetch_l2(const void* p) {
+    __asm__ volatile("prefetcht1 %0" : : "m"(*static_cast<const char*>(p)));
+  }
 
   // int8 rows in the integer domain.
   static I32 izero() { return _mm256_setzero_si256(); }

@@ -121,6 +121,9 @@ struct V {
   static void prefetch(const void* p) {  // volatile: see the AVX2 target
     __asm__ volatile("prefetcht0 %0" : : "m"(*static_cast<const char*>(p)));
   }
+  static void prefetch_l2(const void* p) {
+    __asm__ volatile("prefetcht1 %0" : : "m"(*static_cast<const char*>(p)));
+  }
 
   // int8 rows in the integer domain.
   static I32 izero() { return _mm512_setzero_si512(); }

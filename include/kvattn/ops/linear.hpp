@@ -9,6 +9,7 @@
 /// weight once, widening reduced weights in registers (no converted copy).
 
 #include <kvattn/kernels/kernels.hpp>
+#include <kvattn/ops/scratch.hpp>
 #include <kvattn/types.hpp>
 
 #include <algorithm>
@@ -61,14 +62,19 @@ void gemm_few(const WeightRef<W>& w, const T* x, Eigen::Index xs, Eigen::Index b
     gemm_block<T, W>(w, x, xs, batch, y, ys);  // small: a parallel region costs more than it saves
     return;
   }
+  // One vector: blocks of 64 rows. Several: one contiguous range of rows per
+  // thread, so that each thread's kernel hints its next rows into cache
+  // across the whole range. Either split leaves every element's bits alone.
   constexpr Eigen::Index kBlock = 64;
-  const Eigen::Index blocks = (out + kBlock - 1) / kBlock;
+  const Eigen::Index parts = batch == 1 ? (out + kBlock - 1) / kBlock
+                                        : Eigen::Index(std::max(1, kvattn::detail::max_threads()));
+  const Eigen::Index per = batch == 1 ? kBlock : (out / parts + 15) / 16 * 16;
 #if defined(_OPENMP)
 #pragma omp parallel for schedule(static)
 #endif
-  for (Eigen::Index b = 0; b < blocks; ++b) {
-    const Eigen::Index r0 = b * kBlock, n = std::min(kBlock, out - r0);
-    gemm_block<T, W>(w.middleRows(r0, n), x, xs, batch, y + r0, ys);
+  for (Eigen::Index b = 0; b < parts; ++b) {
+    const Eigen::Index r0 = std::min(out, b * per), n = std::min(per, out - r0);
+    if (n > 0) gemm_block<T, W>(w.middleRows(r0, n), x, xs, batch, y + r0, ys);
   }
 }
 
