@@ -159,4 +159,11 @@ BENCHMARK_TEMPLATE(BM_Attention, Eigen::bfloat16)->Apply(gqa_args);
 BENCHMARK_TEMPLATE(BM_Attention, Eigen::half)->Apply(gqa_args);
 BENCHMARK_TEMPLATE(BM_Attention, std::int8_t)->Apply(gqa_args);
 
-BENCHMARK_MAIN();
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::AddCustomContext("kernel_target", kvattn::kernel_target());  // KVATTN_TARGET picks it
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

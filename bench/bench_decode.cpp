@@ -318,6 +318,7 @@ int main(int argc, char** argv) {
 #else
   benchmark::AddCustomContext("kvattn_threads", "1 (built without OpenMP)");
 #endif
+  benchmark::AddCustomContext("kernel_target", kvattn::kernel_target());
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

@@ -334,3 +334,42 @@ TEST(PagedKVCache, SharedBlockWrittenByTwoOfABatchCostsOneCopy) {
   EXPECT_EQ(c.free_blocks(), 1);
   EXPECT_EQ(c.block_refs(1), 2);
 }
+
+// When every holder of a shared block writes it in one call, one of them
+// may write in place; it must be the one writing furthest along, so that a
+// failed call whose undo points the others back at the block finds their
+// rows intact. Here b was truncated inside the shared block: a writes at 20,
+// b at 18. If b wrote in place, a's row 18 would be b's after the undo.
+TEST(PagedKVCache, UndoAfterWritesIntoAPartlyTruncatedSharedBlockKeepsEveryRow) {
+  PagedKVCache<float> c({1, 1, 4, 16, 4});
+  const SeqId a = c.add_sequence();
+  append_all_layers(c, a, 0, 20);
+  const SeqId b = c.fork(a);
+  c.truncate(b, 18);
+  const std::vector<float> a18 = key_of(c, a, 0, 0, 18), a19 = key_of(c, a, 0, 0, 19);
+  const SeqId both[2] = {a, b};
+  const Index first[2] = {20, 18}, end[2] = {21, 19};
+  kvattn::PagedUndo undo;
+  c.prepare(both, first, end, 2, undo);
+  EXPECT_EQ(c.free_blocks(), 1);  // b copied block 1; a writes it in place
+  for (SeqId s : {a, b}) {        // the call writes its rows...
+    const Index p = s == a ? 20 : 18;
+    float* k = c.row(s, 0, 0, p).k;
+    std::fill(k, k + 4, -9.0f);
+  }
+  c.undo(undo);  // ...then fails
+  EXPECT_EQ(c.length(a), 20);
+  EXPECT_EQ(c.length(b), 18);
+  EXPECT_EQ(key_of(c, a, 0, 0, 18), a18);
+  EXPECT_EQ(key_of(c, a, 0, 0, 19), a19);
+  EXPECT_EQ(c.blocks_of(a), c.blocks_of(b));
+  EXPECT_EQ(c.free_blocks(), 2);
+  // An unknown sequence in a planned batch changes nothing, scratch included.
+  const SeqId bad[2] = {a, 999};
+  EXPECT_THROW(c.prepare(bad, first, end, 2, undo), std::invalid_argument);
+  EXPECT_EQ(c.blocks_needed(a, 20, 21), 1);  // exact again: a copy of the shared block
+  // A write of no positions takes no block, even into a shared one.
+  const Index at20[1] = {20};
+  c.prepare(&b, at20, at20, 1, undo);
+  EXPECT_EQ(c.free_blocks(), 2);
+}

@@ -10,9 +10,9 @@
 #include <kvattn/cache/serialization.hpp>
 #include <kvattn/cache/storage.hpp>
 #include <kvattn/config.hpp>
-#include <kvattn/kernels/kernels.hpp>
 #include <kvattn/error.hpp>
 #include <kvattn/io/llama2c.hpp>
+#include <kvattn/kernels/kernels.hpp>
 #include <kvattn/layers/multi_head_attention.hpp>
 #include <kvattn/layers/projection.hpp>
 #include <kvattn/models/llama.hpp>

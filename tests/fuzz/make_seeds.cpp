@@ -4,6 +4,7 @@
 // tokenizer (behind its two vocabulary bytes) and saved caches; with
 // MODELS_DIR, the shared tok512.bin is added too (the checkpoints themselves
 // are large; the fuzz run copies them).
+#include <kvattn/cache/paged_serialization.hpp>
 #include <kvattn/cache/serialization.hpp>
 
 #include <cstdint>
@@ -11,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <sstream>
 #include <string>
 
 namespace fs = std::filesystem;
@@ -22,7 +24,8 @@ static void put(std::string& s, const void* p, size_t n) {
 int main(int argc, char** argv) {
   if (argc < 2) return 2;
   const fs::path out = argv[1];
-  for (const char* d : {"checkpoint", "tokenizer", "cache"}) fs::create_directories(out / d);
+  for (const char* d : {"checkpoint", "tokenizer", "cache", "state", "attention"})
+    fs::create_directories(out / d);
 
   // dim 8, hidden 12, 1 layer, 2 heads, 1 KV head, vocab 6 (shared classifier), seq_len 4.
   std::string ckpt;
@@ -71,5 +74,35 @@ int main(int argc, char** argv) {
   c8.append(k, k * 2.0f);
   kvattn::save_file(c32, (out / "cache" / "f32.bin").string());
   kvattn::save_file(c8, (out / "cache" / "int8.bin").string());
+
+  // fuzz_state_load: byte 0 even, a Llama state (2 layers, 1 KV head of 4,
+  // int8, capacity 8); odd, a paged sequence (2 layers, 1 KV head of 4, f32).
+  {
+    std::ostringstream st;
+    const uint32_t version = 1, layers = 2;
+    const uint64_t pos = 3;
+    st.write("KVATTNLS", 8);
+    st.write(reinterpret_cast<const char*>(&version), 4);
+    st.write(reinterpret_cast<const char*>(&layers), 4);
+    st.write(reinterpret_cast<const char*>(&pos), 8);
+    for (int l = 0; l < 2; ++l) {
+      kvattn::KVCache<float, std::int8_t> c(1, 4, 8);
+      c.append(k.leftCols(4), k.leftCols(4) * 0.5f);
+      kvattn::save(c, st);
+    }
+    std::ofstream(out / "state" / "llama_state.bin", std::ios::binary) << '\0' << st.str();
+    kvattn::PagedKVCache<float> pool({2, 1, 4, 16, 2});
+    const kvattn::SeqId s = pool.add_sequence();
+    for (Eigen::Index l = 0; l < 2; ++l) pool.layer(l).append(s, k.leftCols(4), k.leftCols(4));
+    std::ostringstream seq;
+    kvattn::save(pool, s, seq);
+    std::ofstream(out / "state" / "sequence.bin", std::ios::binary) << '\1' << seq.str();
+  }
+  // fuzz_attention: a few operation scripts (any bytes are a valid script).
+  for (int i = 0; i < 4; ++i) {
+    std::string script;
+    for (int j = 0; j < 200; ++j) script += char((j * 37 + i * 11) % 251);
+    std::ofstream(out / "attention" / ("script" + std::to_string(i)), std::ios::binary) << script;
+  }
   return 0;
 }

@@ -106,6 +106,8 @@ class PagedKVCache {
     }
     refs_.assign(size_t(c_.n_blocks), 0);
     writers_.assign(size_t(c_.n_blocks), 0);
+    in_place_.assign(size_t(c_.n_blocks), -1);
+    marked_.reserve(size_t(c_.n_blocks));
     free_.reserve(size_t(c_.n_blocks));
     for (Eigen::Index b = c_.n_blocks; b-- > 0;) free_.push_back(b);  // block 0 handed out first
   }
@@ -214,7 +216,9 @@ class PagedKVCache {
   /// Blocks that writing positions [first, end) of `seq` needs from the free
   /// list: new blocks past its table, and copies of shared blocks in range.
   Eigen::Index blocks_needed(SeqId seq, Eigen::Index first, Eigen::Index end) {
-    return needed("PagedKVCache::blocks_needed", &seq, &first, &end, 1);
+    const Eigen::Index n = plan("PagedKVCache::blocks_needed", &seq, &first, &end, 1);
+    clear_plan();
+    return n;
   }
 
   /// Makes the blocks of positions [first[i], end[i]) of seqs[i] exist and
@@ -226,40 +230,47 @@ class PagedKVCache {
   void prepare(const SeqId* seqs, const Eigen::Index* first, const Eigen::Index* end,
                Eigen::Index count, Undo& undo) {
     constexpr const char* fn = "PagedKVCache::prepare";
-    const Eigen::Index total = needed(fn, seqs, first, end, count);
-    if (total > free_blocks()) {
-      throw std::length_error(detail::concat("kvattn::PagedKVCache: the call needs ", total,
-                                             " free blocks of ", c_.block_tokens, " positions, ",
-                                             free_blocks(), " are free"));
-    }
-    // Everything that can allocate, before any change.
-    if (undo.entries.size() < size_t(count)) undo.entries.resize(size_t(count));
-    undo.count = size_t(count);
-    for (Eigen::Index i = 0; i < count; ++i) {
-      Seq& s = get(fn, seqs[i]);
-      s.blocks.reserve(size_t(std::max(blocks_for(end[i]), Eigen::Index(s.blocks.size()))));
-      undo.entries[size_t(i)].seq = seqs[i];
-      undo.entries[size_t(i)].filled = s.filled;
-      undo.entries[size_t(i)].old_blocks = s.blocks.size();
-      undo.entries[size_t(i)].copied.clear();
-      undo.entries[size_t(i)].copied.reserve(size_t(needed(s, first[i], end[i])));
+    const Eigen::Index total = plan(fn, seqs, first, end, count);  // fills writers_, in_place_
+    try {
+      if (total > free_blocks()) {
+        throw std::length_error(detail::concat("kvattn::PagedKVCache: the call needs ", total,
+                                               " free blocks of ", c_.block_tokens, " positions, ",
+                                               free_blocks(), " are free"));
+      }
+      // Everything that can allocate, before any change.
+      if (undo.entries.size() < size_t(count)) undo.entries.resize(size_t(count));
+      undo.count = size_t(count);
+      for (Eigen::Index i = 0; i < count; ++i) {
+        Seq& s = get(fn, seqs[i]);
+        PagedUndo::Entry& e = undo.entries[size_t(i)];
+        s.blocks.reserve(size_t(std::max(blocks_for(end[i]), Eigen::Index(s.blocks.size()))));
+        e.seq = seqs[i];
+        e.filled = s.filled;
+        e.old_blocks = s.blocks.size();
+        e.copied.clear();
+        e.copied.reserve(size_t(needed(s, first[i], end[i])));
+      }
+    } catch (...) {
+      clear_plan();
+      throw;
     }
     for (Eigen::Index i = 0; i < count; ++i) {  // cannot fail from here on
+      if (end[i] <= first[i]) continue;
       Seq& s = get(fn, seqs[i]);
       PagedUndo::Entry& e = undo.entries[size_t(i)];
-      const Eigen::Index last = std::min(blocks_for(end[i]), Eigen::Index(s.blocks.size()));
-      for (Eigen::Index b = first[i] / c_.block_tokens; b < last; ++b) {
+      for (Eigen::Index b = first[i] / c_.block_tokens; b < written_end(s, end[i]); ++b) {
         const Eigen::Index old = s.blocks[size_t(b)];
-        if (refs_[size_t(old)] > 1) {  // shared: copy before writing
-          const Eigen::Index fresh = take();
-          copy_block(old, fresh);
-          --refs_[size_t(old)];
-          s.blocks[size_t(b)] = fresh;
-          e.copied.emplace_back(size_t(b), old);
-        }
+        const size_t ob = size_t(old);
+        if (writers_[ob] == 0 || in_place_[ob] == i) continue;  // own block, or writes in place
+        const Eigen::Index fresh = take();                      // shared: copy before writing
+        copy_block(old, fresh);
+        --refs_[ob];  // never 0 here: a writer in place or a holder outside the call keeps it
+        s.blocks[size_t(b)] = fresh;
+        e.copied.emplace_back(size_t(b), old);
       }
       while (Eigen::Index(s.blocks.size()) < blocks_for(end[i])) s.blocks.push_back(take());
     }
+    clear_plan();
   }
 
   /// Puts back what prepare() did and the sequences' lengths at that time
@@ -321,9 +332,12 @@ class PagedKVCache {
                   is_quantized ? k_scale_.data() + r : nullptr,
                   is_quantized ? v_scale_.data() + r : nullptr};
   }
-  /// Sets every layer's length of `seq` to n (its rows were written through row()).
+  /// Sets every layer's length of `seq` to n (its rows were written through
+  /// row()); n must fit the blocks it holds.
   void set_length(SeqId seq, Eigen::Index n) {
     Seq& s = get("PagedKVCache::set_length", seq);
+    detail::check_arg(n >= 0 && n <= Eigen::Index(s.blocks.size()) * c_.block_tokens,
+                      "PagedKVCache::set_length", "n", n, "within the sequence's blocks");
     for (Eigen::Index& f : s.filled) f = n;
   }
 
@@ -387,33 +401,55 @@ class PagedKVCache {
     return n;
   }
 
-  // Blocks a batch of writes takes from the free list, exactly: new blocks,
-  // and for a block held by R sequences of which W write it, min(W, R - 1)
-  // copies (the last holder to write finds it its own). Throws
-  // std::invalid_argument for an unknown sequence.
-  Eigen::Index needed(const char* fn, const SeqId* seqs, const Eigen::Index* first,
-                      const Eigen::Index* end, Eigen::Index count) {
+  // One past the last existing block a write of positions [.., end) touches.
+  Eigen::Index written_end(const Seq& s, Eigen::Index end) const {
+    return std::min(blocks_for(end), Eigen::Index(s.blocks.size()));
+  }
+
+  // Plans a batch of writes and returns the blocks it takes from the free
+  // list. A shared block (refs > 1) written by W of the call's sequences is
+  // copied by each of them, except when they are all its holders (W ==
+  // refs): then the writer with the largest first position writes it in
+  // place (every other holder's rows end at or before that position, so
+  // even a failed call that undoes the copies finds them intact). Leaves, per
+  // shared block written, writers_ = W and in_place_ = that writer's index or
+  // -1; clear_plan() resets them. Throws std::invalid_argument, changing
+  // nothing, for an unknown sequence.
+  Eigen::Index plan(const char* fn, const SeqId* seqs, const Eigen::Index* first,
+                    const Eigen::Index* end, Eigen::Index count) {
+    for (Eigen::Index i = 0; i < count; ++i) (void)get(fn, seqs[i]);  // before any scratch change
     Eigen::Index total = 0;
-    for (int pass = 0; pass < 2; ++pass) {  // count the writers of shared blocks, then add them up
-      for (Eigen::Index i = 0; i < count; ++i) {
-        const Seq& s = get(fn, seqs[i]);
-        if (end[i] <= first[i]) continue;
-        const Eigen::Index have = Eigen::Index(s.blocks.size());
-        if (pass == 0) total += std::max<Eigen::Index>(0, blocks_for(end[i]) - have);
-        for (Eigen::Index b = first[i] / c_.block_tokens; b < std::min(blocks_for(end[i]), have);
-             ++b) {
-          const size_t block = size_t(s.blocks[size_t(b)]);
-          if (refs_[block] < 2) continue;
-          if (pass == 0) {
-            ++writers_[block];
-          } else if (writers_[block] > 0) {
-            total += std::min(writers_[block], refs_[block] - 1);
-            writers_[block] = 0;
-          }
-        }
+    for (Eigen::Index i = 0; i < count; ++i) {
+      const Seq& s = get(fn, seqs[i]);
+      if (end[i] <= first[i]) continue;
+      total += std::max<Eigen::Index>(0, blocks_for(end[i]) - Eigen::Index(s.blocks.size()));
+      for (Eigen::Index b = first[i] / c_.block_tokens; b < written_end(s, end[i]); ++b) {
+        const size_t block = size_t(s.blocks[size_t(b)]);
+        if (refs_[block] < 2) continue;
+        const Eigen::Index w = in_place_[block];
+        if (writers_[block]++ == 0) marked_.push_back(Eigen::Index(block));  // capacity n_blocks
+        if (w < 0 || first[i] > first[w]) in_place_[block] = i;
+      }
+    }
+    for (Eigen::Index i = 0; i < count; ++i) {
+      const Seq& s = get(fn, seqs[i]);
+      if (end[i] <= first[i]) continue;
+      for (Eigen::Index b = first[i] / c_.block_tokens; b < written_end(s, end[i]); ++b) {
+        const size_t block = size_t(s.blocks[size_t(b)]);
+        if (writers_[block] == 0) continue;
+        if (writers_[block] < refs_[block]) in_place_[block] = -1;  // a holder outside the call
+        if (in_place_[block] != i) ++total;
       }
     }
     return total;
+  }
+
+  void clear_plan() noexcept {  // the scratch of the blocks plan() marked
+    for (Eigen::Index b : marked_) {
+      writers_[size_t(b)] = 0;
+      in_place_[size_t(b)] = -1;
+    }
+    marked_.clear();
   }
 
   Eigen::Index take() noexcept {
@@ -472,10 +508,12 @@ class PagedKVCache {
   PagedCacheConfig c_;
   Eigen::Index block_rows_ = 0;  // rows per block: n_layers * n_kv_heads * block_tokens
   Data k_, v_;
-  Vector<T> k_scale_, v_scale_;     // int8 only
-  std::vector<int> refs_;           // [n_blocks]: sequences holding each block
-  std::vector<int> writers_;        // [n_blocks]: scratch of needed(), zero between calls
-  std::vector<Eigen::Index> free_;  // free blocks, the next at the back
+  Vector<T> k_scale_, v_scale_;         // int8 only
+  std::vector<int> refs_;               // [n_blocks]: sequences holding each block
+  std::vector<int> writers_;            // [n_blocks]: plan() scratch, 0 between calls
+  std::vector<Eigen::Index> in_place_;  // [n_blocks]: plan() scratch, -1 between calls
+  std::vector<Eigen::Index> marked_;    // blocks plan() marked (capacity n_blocks)
+  std::vector<Eigen::Index> free_;      // free blocks, the next at the back
   SeqMap seqs_;
   SeqId next_id_ = 1;
 };

@@ -149,6 +149,12 @@ SeqId load(PagedKVCache<T, Storage>& cache, std::istream& in, const std::string&
 
   // Room, then the new sequence; nothing below fails once prepare() has.
   const Eigen::Index len = Eigen::Index(n), zero = 0;
+  const Eigen::Index blocks = (len + cache.block_tokens() - 1) / cache.block_tokens();
+  if (blocks > cache.free_blocks()) {
+    throw std::length_error(detail::concat("kvattn::PagedKVCache: the call needs ", blocks,
+                                           " free blocks of ", cache.block_tokens(), " positions, ",
+                                           cache.free_blocks(), " are free (", what, ")"));
+  }
   const SeqId seq = cache.add_sequence();
   PagedUndo undo;
   try {

@@ -40,9 +40,9 @@ inline constexpr int kAcc = V::kTileAcc;
 
 template <class S>
 KVATTN_KERNEL_INLINE F load_tail(const S* p, Index n) {
-  alignas(64) unsigned char buf[L * sizeof(S)] = {};
-  std::memcpy(buf, p, size_t(n) * sizeof(S));
-  return V::load(reinterpret_cast<const S*>(buf));
+  alignas(64) S buf[L] = {};  // zeros (bfloat16 and half value-initialize to +0)
+  std::memcpy(static_cast<void*>(buf), p, size_t(n) * sizeof(S));
+  return V::load(buf);
 }
 
 KVATTN_KERNEL_INLINE void store_tail(float* p, F x, Index n) {
@@ -379,10 +379,11 @@ struct AccumulateOp {
 // head); the softmax weights times the value row scales are rounded to int16
 // with one scale per chunk and two rows are interleaved so that one
 // instruction adds both rows' products. int32 sums stay exact up to head_dim
-// 4096 (scores) and 256 rows per call (values).
+// 512 (scores: hd * 127 * 32767 < 2^31, the lanes' reduction included;
+// larger head dims take the float path) and 256 rows per call (values).
 // ---------------------------------------------------------------------------
 
-inline constexpr Index kMaxIntegerHeadDim = 4096;
+inline constexpr Index kMaxIntegerHeadDim = 512;  // hd * 127 * 32767 < 2^31: the lanes' sum too
 
 /// Whether the integer kernels take this head_dim on this target.
 inline bool integer_head_dim(Index hd) {

@@ -98,12 +98,13 @@ void run_ragged(const Layer& mha, const Eigen::Ref<const RowMatrix<T>>& x, Paged
   PagedSeqView<T, S>* views = ws.template view_array<PagedSeqView<T, S>>();
   for (Eigen::Index i = 0, d = 0; i < count; ++i) {
     if (e[i].rows == 1 && e[i].row < decode_rows) {
-      ::new (static_cast<void*>(views + d)) PagedSeqView<T, S>(layer.view(e[i].seq, e[i].pos + 1));
-      seqs[d].cache = views + d;
+      const PagedSeqView<T, S>* view = ::new (static_cast<void*>(views + d))
+          PagedSeqView<T, S>(layer.view(e[i].seq, e[i].pos + 1));
+      std::launder(seqs + d)->cache = view;
       ++d;
     }
   }
-  ops::attend_decode_batch<T>(seqs, n_decode, c.n_heads, scale, ws.attention_);
+  ops::attend_decode_batch<T>(std::launder(seqs), n_decode, c.n_heads, scale, ws.attention_);
   for (Eigen::Index i = 0; i < count; ++i) {
     if (e[i].rows == 1 && e[i].row < decode_rows) continue;
     ops::attend_causal<T>(qkv.middleRows(e[i].row, e[i].rows).leftCols(q_dim),

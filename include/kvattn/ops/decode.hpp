@@ -13,8 +13,10 @@
 /// other compute types) and yields (acc, m, l) per query head; a sequence's
 /// items are merged with the log-sum-exp rule in chunk order:
 ///   M = max_c m_c,  L = sum_c l_c e^(m_c - M),  out = sum_c acc_c e^(m_c - M) / L
-/// Chunk boundaries depend on positions only, so a result is bitwise the
-/// same for any thread count and, in a batch, whatever the other sequences.
+/// Chunk boundaries depend on positions only, so with float compute (the
+/// kernels) a result is bitwise the same for any thread count and, in a
+/// batch, whatever the other sequences; other compute types agree to
+/// rounding (Eigen's products).
 ///
 /// A Cache provides n_kv_heads(), head_dim(), StorageType and
 ///   spans(h, first, n, Span* out, max_out) -> count: positions [first,
@@ -131,7 +133,7 @@ void attend_chunk_eigen(const T* q, Eigen::Index g, Eigen::Index hd,
 /// Runs item `item` of the batch: (sequence s, KV head h, chunk c).
 template <class T, class Seq>
 void run_decode_item(const Seq* seqs, Eigen::Index batch, Eigen::Index item, Eigen::Index n_heads,
-                     T scale, AttentionScratch<T>& scratch) {
+                     T scale, AttentionScratch<T>& scratch, int thread) {
   using Storage = typename Seq::CacheType::StorageType;
   using Span = kernels::KVSpan<Storage, T>;
   const std::vector<Eigen::Index>& begin = scratch.item_begin;
@@ -146,7 +148,8 @@ void run_decode_item(const Seq* seqs, Eigen::Index batch, Eigen::Index item, Eig
   const Eigen::Index local = item - begin[size_t(s)];
   const Eigen::Index h = local / chunks, c = local % chunks;
   const Eigen::Index first = c * kDecodeChunk, n = std::min(kDecodeChunk, seq.n_ctx - first);
-  unsigned char* bytes = scratch.thread_bytes(kvattn::detail::thread_index());
+  eigen_assert(thread >= 0 && thread < scratch.threads);
+  unsigned char* bytes = scratch.thread_bytes(thread);
   const auto up = [](Eigen::Index b) { return (b + 63) / 64 * 64; };
   void* chunk_scratch = bytes;
   Span* spans = reinterpret_cast<Span*>(bytes + up(kernels::chunk_scratch_bytes(g, hd)));
@@ -238,6 +241,8 @@ void attend_decode_batch(const DecodeSeq<T, Cache>* seqs, Eigen::Index batch, Ei
   eigen_assert(scratch.partial.size() >= items * (n_heads / n_kv) * (hd + 2) &&
                scratch.threads >= 1 && Eigen::Index(scratch.item_begin.size()) > batch);
   using Storage = typename Cache::StorageType;
+  if constexpr (std::is_same<T, float>::value)
+    (void)kernels::active();  // any error, before the threads
 #if defined(_OPENMP)
   // Threads pay off once the step reads more than about 1 MiB of cache; a
   // smaller step runs inline (entering a parallel region costs microseconds).
@@ -247,17 +252,19 @@ void attend_decode_batch(const DecodeSeq<T, Cache>* seqs, Eigen::Index batch, Ei
     if (batch == 1) {
 #pragma omp parallel for schedule(static) num_threads(threads)
       for (Eigen::Index item = 0; item < items; ++item) {
-        detail::run_decode_item<T>(seqs, batch, item, n_heads, scale, scratch);
+        detail::run_decode_item<T>(seqs, batch, item, n_heads, scale, scratch,
+                                   kvattn::detail::thread_index());
       }
     } else {  // uneven lengths: threads take the next item as they finish
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
       for (Eigen::Index item = 0; item < items; ++item) {
-        detail::run_decode_item<T>(seqs, batch, item, n_heads, scale, scratch);
+        detail::run_decode_item<T>(seqs, batch, item, n_heads, scale, scratch,
+                                   kvattn::detail::thread_index());
       }
     }
   } else {
     for (Eigen::Index item = 0; item < items; ++item) {
-      detail::run_decode_item<T>(seqs, batch, item, n_heads, scale, scratch);
+      detail::run_decode_item<T>(seqs, batch, item, n_heads, scale, scratch, 0);
     }
   }
 #else
@@ -265,7 +272,7 @@ void attend_decode_batch(const DecodeSeq<T, Cache>* seqs, Eigen::Index batch, Ei
   (void)positions;
   (void)hd;
   for (Eigen::Index item = 0; item < items; ++item) {
-    detail::run_decode_item<T>(seqs, batch, item, n_heads, scale, scratch);
+    detail::run_decode_item<T>(seqs, batch, item, n_heads, scale, scratch, 0);
   }
 #endif
   for (Eigen::Index s = 0; s < batch; ++s) {

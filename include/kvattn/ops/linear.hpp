@@ -66,9 +66,11 @@ void gemm_few(const WeightRef<W>& w, const T* x, Eigen::Index xs, Eigen::Index b
   // thread, so that each thread's kernel hints its next rows into cache
   // across the whole range. Either split leaves every element's bits alone.
   constexpr Eigen::Index kBlock = 64;
+  if constexpr (std::is_same<T, float>::value)
+    (void)kernels::active();  // any error, before the threads
   const Eigen::Index parts = batch == 1 ? (out + kBlock - 1) / kBlock
                                         : Eigen::Index(std::max(1, kvattn::detail::max_threads()));
-  const Eigen::Index per = batch == 1 ? kBlock : (out / parts + 15) / 16 * 16;
+  const Eigen::Index per = batch == 1 ? kBlock : ((out + parts - 1) / parts + 15) / 16 * 16;
 #if defined(_OPENMP)
 #pragma omp parallel for schedule(static)
 #endif
