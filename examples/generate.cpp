@@ -1,4 +1,4 @@
-// generate: run a llama2.c checkpoint with kvattn.
+// generate: run a llama2.c checkpoint or a Llama GGUF file with kvattn.
 //
 //   generate MODEL.bin [-z TOKENIZER.bin] [-n N] [-t T] [-p P] [-s SEED]
 //            [-i TEXT | --prompt-ids "ID ID ..."] [--print-ids] [--no-cache]
@@ -8,12 +8,14 @@
 // then one step per token. Position p yields the token for position p + 1:
 // the prompt's own next token while inside the prompt, the sampler's choice
 // after it. Generation stops when the model produces BOS or after N positions.
+#include <kvattn/io/gguf_llama.hpp>
 #include <kvattn/kvattn.hpp>
 
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -32,7 +34,7 @@ void usage(const char* argv0) {
                "  -t T               temperature, 0 = greedy (default 0)\n"
                "  -p P               top-p in (0, 1] (default 0.9)\n"
                "  -s SEED            random seed (default: time)\n"
-               "  -i TEXT            prompt text (needs -z)\n"
+               "  -i TEXT            prompt text (needs -z, or a GGUF file's tokenizer)\n"
                "  --prompt-ids IDS   prompt as ids, e.g. \"368 430 281\"\n"
                "  --print-ids        print each token id after BOS, one per line\n"
                "  --no-cache         recompute the whole sequence every step (slow)\n"
@@ -115,7 +117,7 @@ Options parse(int argc, char** argv) {
     }
   }
   if (o.has_text && o.has_ids) usage(argv[0]);
-  if (o.has_text && o.tokenizer.empty()) usage(argv[0]);
+
   if (o.no_cache && !(o.save_state.empty() && o.load_state.empty())) usage(argv[0]);
   return o;
 }
@@ -164,20 +166,35 @@ double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
 
+// What a model file brings besides its weights.
+struct Extras {
+  std::unique_ptr<kvattn::Tokenizer> tokenizer;  // a GGUF file's own
+  int eos = kvattn::Tokenizer::kBos;             // generation also stops at this id
+  bool gguf = false;
+};
+
 // Generates with a model whose matrices are kept as Model::WeightType.
 template <class Model>
-int run(Model& model, const Options& opt, const char* argv0) {
+int run(Model& model, const Options& opt, Extras& extras, const char* argv0) {
   {
     const kvattn::LlamaConfig& c = model.config();
-    std::unique_ptr<kvattn::Tokenizer> tok;
+    std::unique_ptr<kvattn::Tokenizer> tok = std::move(extras.tokenizer);
     if (!opt.tokenizer.empty()) {
       tok = std::make_unique<kvattn::Tokenizer>(
           kvattn::read_llama2c_tokenizer(opt.tokenizer, int(c.vocab_size)));
     }
+    if (opt.has_text && !tok) {
+      std::fprintf(stderr, "-i needs a tokenizer (-z, or a GGUF file's own)\n");
+      usage(argv0);
+    }
     const long steps = opt.steps == 0 ? long(c.seq_len) : opt.steps;
-    if (steps > c.seq_len) {
+    if (steps > c.seq_len && !extras.gguf) {
       std::fprintf(stderr, "-n %ld exceeds the model's seq_len %ld\n", steps, long(c.seq_len));
       usage(argv0);
+    }
+    if (steps > c.seq_len) {  // GGUF: context_length is advice (llama2.c conversions say 128)
+      std::fprintf(stderr, "warning: -n %ld exceeds the file's context_length %ld\n", steps,
+                   long(c.seq_len));
     }
 
     // The prompt: BOS, then the text's or the given ids.
@@ -245,7 +262,7 @@ int run(Model& model, const Options& opt, const char* argv0) {
     }
     const auto t_decode = Clock::now();
     long decoded = 0;
-    while (next != kvattn::Tokenizer::kBos) {
+    while (next != kvattn::Tokenizer::kBos && next != extras.eos) {
       if (!resumed) emit(sequence.back(), next);
       resumed = false;
       if (pos + 1 >= steps) break;
@@ -263,34 +280,49 @@ int run(Model& model, const Options& opt, const char* argv0) {
     }
     if (!opt.save_state.empty()) save_generation(opt.save_state, state, sequence, next);
     const double decode_s = seconds_since(t_decode);
-    if (!opt.print_ids) {
-      std::printf("\n");
-      std::fflush(stdout);
-      std::fprintf(stderr,
-                   "prefill: %ld tokens, %.1f tokens/s; decode: %ld tokens, %.1f tokens/s%s\n",
-                   n_prompt, n_prompt / std::max(prefill_s, 1e-9), decoded,
-                   decoded / std::max(decode_s, 1e-9), opt.no_cache ? " (no cache)" : "");
-    }
+    if (!opt.print_ids) std::printf("\n");
+    std::fflush(stdout);
+    std::fprintf(stderr,
+                 "prefill: %ld tokens, %.1f tokens/s; decode: %ld tokens, %.1f tokens/s%s\n",
+                 n_prompt, n_prompt / std::max(prefill_s, 1e-9), decoded,
+                 decoded / std::max(decode_s, 1e-9), opt.no_cache ? " (no cache)" : "");
     return 0;
   }
 }
 
 }  // namespace
 
+// Whether the file starts with GGUF's magic (else it is read as llama2.c).
+bool is_gguf(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  char magic[4] = {};
+  return in.read(magic, 4) && std::memcmp(magic, "GGUF", 4) == 0;
+}
+
 int main(int argc, char** argv) {
   const Options opt = parse(argc, argv);
   try {
-    kvattn::LlamaWeights<float> weights = kvattn::read_llama2c_checkpoint<float>(opt.model);
+    Extras extras;
+    kvattn::LlamaWeights<float> weights;
+    if (is_gguf(opt.model)) {  // weights dequantized to float for now
+      const kvattn::GgufFile file = kvattn::GgufFile::open(opt.model);
+      weights = kvattn::gguf_llama_weights<float>(file);
+      extras.tokenizer = std::make_unique<kvattn::Tokenizer>(kvattn::gguf_tokenizer(file));
+      extras.eos = kvattn::gguf_eos(file);
+      extras.gguf = true;
+    } else {
+      weights = kvattn::read_llama2c_checkpoint<float>(opt.model);
+    }
     if (opt.weights == "bf16") {
       kvattn::Llama<float, Eigen::bfloat16> model(std::move(weights));
-      return run(model, opt, argv[0]);
+      return run(model, opt, extras, argv[0]);
     }
     if (opt.weights == "f16") {
       kvattn::Llama<float, Eigen::half> model(std::move(weights));
-      return run(model, opt, argv[0]);
+      return run(model, opt, extras, argv[0]);
     }
     kvattn::Llama<float> model(std::move(weights));
-    return run(model, opt, argv[0]);
+    return run(model, opt, extras, argv[0]);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "generate: %s\n", e.what());
     return 1;
