@@ -98,6 +98,62 @@ struct LlamaWeights {
   RowMatrix<T> classifier;  ///< [vocab_size x dim], or empty to share token_embedding
 };
 
+namespace detail {
+
+/// The state file of a list of caches (LlamaState, dist::ShardedLlama):
+/// magic "KVATTNLS", version 1 (u32), the number of caches (u32), the tokens
+/// they hold (u64), then each cache as kvattn::save writes it.
+template <class T, class Storage>
+void save_caches(const std::vector<KVCache<T, Storage>>& caches, std::ostream& out,
+                 const char* fn) {
+  const uint32_t version = 1, layers = uint32_t(caches.size());
+  const uint64_t position = caches.empty() ? 0 : uint64_t(caches.front().size());
+  out.write("KVATTNLS", 8);
+  out.write(reinterpret_cast<const char*>(&version), 4);
+  out.write(reinterpret_cast<const char*>(&layers), 4);
+  out.write(reinterpret_cast<const char*>(&position), 8);
+  for (const KVCache<T, Storage>& c : caches) kvattn::save(c, out);
+  if (!out) throw std::runtime_error(concat(fn, ": writing failed"));
+}
+
+/// Reads what save_caches wrote into caches of the same shapes and
+/// capacities; all or nothing (std::runtime_error naming `what`).
+template <class T, class Storage>
+void load_caches(std::vector<KVCache<T, Storage>>& caches, std::istream& in,
+                 const std::string& what) {
+  char magic[8] = {};
+  uint32_t version = 0, layers = 0;
+  uint64_t position = 0;
+  in.read(magic, 8);
+  in.read(reinterpret_cast<char*>(&version), 4);
+  in.read(reinterpret_cast<char*>(&layers), 4);
+  in.read(reinterpret_cast<char*>(&position), 8);
+  if (!in) throw std::runtime_error(concat(what, ": truncated: shorter than the state header"));
+  if (std::memcmp(magic, "KVATTNLS", 8) != 0) {
+    throw std::runtime_error(concat(what, ": not a kvattn Llama state (bad magic)"));
+  }
+  if (version != 1) {
+    throw std::runtime_error(concat(what, ": state format version ", version, " is not supported"));
+  }
+  if (layers != caches.size()) {
+    throw std::runtime_error(concat(what, ": holds ", layers, " layers, expected ", caches.size()));
+  }
+  std::vector<KVCache<T, Storage>> fresh;
+  fresh.reserve(caches.size());
+  for (size_t l = 0; l < caches.size(); ++l) {
+    const KVCache<T, Storage>& c = caches[l];
+    fresh.emplace_back(c.n_kv_heads(), c.head_dim(), c.capacity());
+    kvattn::load(fresh.back(), in, concat(what, " layer ", l));
+    if (uint64_t(fresh.back().size()) != position) {
+      throw std::runtime_error(concat(what, " layer ", l, ": holds ", fresh.back().size(),
+                                      " tokens, the state header says ", position));
+    }
+  }
+  caches.swap(fresh);
+}
+
+}  // namespace detail
+
 /// The sequence state of one conversation: a KV cache per layer, storing
 /// Storage (see cache/storage.hpp). Move-only; copy() makes a deep copy.
 template <class T, class Storage = T>
@@ -133,53 +189,13 @@ class LlamaState {
   /// Writes the state: magic "KVATTNLS" (8 bytes), format version 1 (u32),
   /// n_layers (u32), pos (u64), then every layer's cache as kvattn::save
   /// writes it (cache/serialization.hpp; each with its own CRC-32C).
-  void save(std::ostream& out) const {
-    const uint32_t version = 1, layers = uint32_t(caches_.size());
-    const uint64_t position = uint64_t(pos());
-    out.write("KVATTNLS", 8);
-    out.write(reinterpret_cast<const char*>(&version), 4);
-    out.write(reinterpret_cast<const char*>(&layers), 4);
-    out.write(reinterpret_cast<const char*>(&position), 8);
-    for (const KVCache<T, Storage>& c : caches_) kvattn::save(c, out);
-    if (!out) throw std::runtime_error("LlamaState::save: writing failed");
-  }
+  void save(std::ostream& out) const { detail::save_caches(caches_, out, "LlamaState::save"); }
 
   /// Reads a state written by save() for a model of this shape. Every layer
   /// is read and checked before any is replaced: on error
   /// (std::runtime_error naming `what`) this state is unchanged.
   void load(std::istream& in, const std::string& what = "stream") {
-    char magic[8] = {};
-    uint32_t version = 0, layers = 0;
-    uint64_t position = 0;
-    in.read(magic, 8);
-    in.read(reinterpret_cast<char*>(&version), 4);
-    in.read(reinterpret_cast<char*>(&layers), 4);
-    in.read(reinterpret_cast<char*>(&position), 8);
-    if (!in)
-      throw std::runtime_error(detail::concat(what, ": truncated: shorter than the state header"));
-    if (std::memcmp(magic, "KVATTNLS", 8) != 0) {
-      throw std::runtime_error(detail::concat(what, ": not a kvattn Llama state (bad magic)"));
-    }
-    if (version != 1) {
-      throw std::runtime_error(
-          detail::concat(what, ": state format version ", version, " is not supported"));
-    }
-    if (layers != caches_.size()) {
-      throw std::runtime_error(
-          detail::concat(what, ": holds ", layers, " layers, expected ", caches_.size()));
-    }
-    std::vector<KVCache<T, Storage>> fresh;
-    fresh.reserve(caches_.size());
-    for (size_t l = 0; l < caches_.size(); ++l) {
-      const KVCache<T, Storage>& c = caches_[l];
-      fresh.emplace_back(c.n_kv_heads(), c.head_dim(), c.capacity());
-      kvattn::load(fresh.back(), in, detail::concat(what, " layer ", l));
-      if (uint64_t(fresh.back().size()) != position) {
-        throw std::runtime_error(detail::concat(what, " layer ", l, ": holds ", fresh.back().size(),
-                                                " tokens, the state header says ", position));
-      }
-    }
-    caches_.swap(fresh);
+    detail::load_caches(caches_, in, what);
   }
 
  private:
