@@ -1,19 +1,21 @@
 // batch_generate: many prompts at once through one paged KV cache, greedy,
 // with continuous batching.
 //
-//   batch_generate MODEL.bin [-z TOKENIZER.bin] --prompts FILE [-n N]
+//   batch_generate MODEL.bin|MODEL.gguf [-z TOKENIZER.bin] --prompts FILE [-n N]
 //                  [--max-batch B] [--blocks N] [--block-tokens N] [--print-ids]
 //
-// FILE holds one prompt per line (text with -z, else space-separated ids);
+// FILE holds one prompt per line (text with a tokenizer: -z, or a GGUF
+// file's own; else space-separated ids);
 // BOS goes first. Every call of Llama::forward_batch carries the decode
 // token of each running sequence and the whole prompt of each sequence
 // admitted since the last call; a sequence that finishes (it produced BOS,
-// or reached N positions) frees its blocks at once and the next waiting
+// or a GGUF file's EOS id, or reached N positions) frees its blocks at once and the next waiting
 // prompt joins. A prompt is admitted only when the pool can hold it up to N
 // positions beside the running ones, so no running sequence ever waits for
 // a block; with a small pool prompts wait their turn. Completions print in
 // input order: "#k", then the text (or, with --print-ids, one id per line,
 // exactly as `generate --print-ids` prints them for that prompt alone).
+#include <kvattn/io/model_file.hpp>
 #include <kvattn/kvattn.hpp>
 
 #include <algorithm>
@@ -107,9 +109,9 @@ int argmax(const float* x, Eigen::Index n) { return int(std::max_element(x, x + 
 
 // After the logits of position `pos` (sequence s, row r of logits): emit and
 // decide what to feed next; returns false when the sequence is finished.
-bool advance(Sequence& s, const float* logits, Eigen::Index vocab, long steps) {
+bool advance(Sequence& s, const float* logits, Eigen::Index vocab, long steps, int eos) {
   s.next = s.pos + 1 < long(s.prompt.size()) ? s.prompt[size_t(s.pos + 1)] : argmax(logits, vocab);
-  if (s.next == kvattn::Tokenizer::kBos) return false;
+  if (s.next == kvattn::Tokenizer::kBos || s.next == eos) return false;
   s.out.push_back(s.next);
   return s.pos + 1 < steps;
 }
@@ -142,15 +144,17 @@ std::vector<std::vector<int>> read_prompts(const std::string& path, const kvattn
 }
 
 int run(const Options& opt) {
-  kvattn::Llama<float> model(kvattn::read_llama2c_checkpoint<float>(opt.model));
+  kvattn::ModelFile<float> file = kvattn::read_model_file<float>(opt.model);
+  kvattn::Llama<float> model(std::move(file.weights));
   const kvattn::LlamaConfig& c = model.config();
   std::unique_ptr<kvattn::Tokenizer> tok;
+  if (file.tokenizer) tok = std::make_unique<kvattn::Tokenizer>(std::move(*file.tokenizer));
   if (!opt.tokenizer.empty()) {
     tok = std::make_unique<kvattn::Tokenizer>(
         kvattn::read_llama2c_tokenizer(opt.tokenizer, int(c.vocab_size)));
   }
   const long steps = opt.steps == 0 ? long(c.seq_len) : opt.steps;
-  if (steps > c.seq_len) {
+  if (steps > c.seq_len && !file.gguf) {  // GGUF: context_length is advice
     std::fprintf(stderr, "batch_generate: -n %ld exceeds the model's seq_len %ld\n", steps,
                  long(c.seq_len));
     return 2;
@@ -207,7 +211,7 @@ int run(const Options& opt) {
       tokens += long(batch[b].tokens.size());
       ++s.pos;
       if (s.pos + 1 >= long(s.prompt.size())) ++generated;
-      if (!advance(s, logits.row(Eigen::Index(b)).data(), logits.cols(), steps)) {
+      if (!advance(s, logits.row(Eigen::Index(b)).data(), logits.cols(), steps, file.eos)) {
         s.done = true;
         pool.release(s.seq);
         reserved -= per_seq;

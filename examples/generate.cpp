@@ -8,14 +8,13 @@
 // then one step per token. Position p yields the token for position p + 1:
 // the prompt's own next token while inside the prompt, the sampler's choice
 // after it. Generation stops when the model produces BOS or after N positions.
-#include <kvattn/io/gguf_llama.hpp>
+#include <kvattn/io/model_file.hpp>
 #include <kvattn/kvattn.hpp>
 
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -292,27 +291,16 @@ int run(Model& model, const Options& opt, Extras& extras, const char* argv0) {
 
 }  // namespace
 
-// Whether the file starts with GGUF's magic (else it is read as llama2.c).
-bool is_gguf(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  char magic[4] = {};
-  return in.read(magic, 4) && std::memcmp(magic, "GGUF", 4) == 0;
-}
-
 int main(int argc, char** argv) {
   const Options opt = parse(argc, argv);
   try {
+    kvattn::ModelFile<float> file = kvattn::read_model_file<float>(opt.model);
     Extras extras;
-    kvattn::LlamaWeights<float> weights;
-    if (is_gguf(opt.model)) {  // weights dequantized to float for now
-      const kvattn::GgufFile file = kvattn::GgufFile::open(opt.model);
-      weights = kvattn::gguf_llama_weights<float>(file);
-      extras.tokenizer = std::make_unique<kvattn::Tokenizer>(kvattn::gguf_tokenizer(file));
-      extras.eos = kvattn::gguf_eos(file);
-      extras.gguf = true;
-    } else {
-      weights = kvattn::read_llama2c_checkpoint<float>(opt.model);
-    }
+    if (file.tokenizer)
+      extras.tokenizer = std::make_unique<kvattn::Tokenizer>(std::move(*file.tokenizer));
+    extras.eos = file.eos;
+    extras.gguf = file.gguf;
+    kvattn::LlamaWeights<float> weights = std::move(file.weights);
     if (opt.weights == "bf16") {
       kvattn::Llama<float, Eigen::bfloat16> model(std::move(weights));
       return run(model, opt, extras, argv[0]);
