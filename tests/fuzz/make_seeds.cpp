@@ -24,7 +24,7 @@ static void put(std::string& s, const void* p, size_t n) {
 int main(int argc, char** argv) {
   if (argc < 2) return 2;
   const fs::path out = argv[1];
-  for (const char* d : {"checkpoint", "tokenizer", "cache", "state", "attention"})
+  for (const char* d : {"checkpoint", "tokenizer", "cache", "state", "attention", "gguf"})
     fs::create_directories(out / d);
 
   // dim 8, hidden 12, 1 layer, 2 heads, 1 KV head, vocab 6 (shared classifier), seq_len 4.
@@ -97,6 +97,38 @@ int main(int argc, char** argv) {
     std::ostringstream seq;
     kvattn::save(pool, s, seq);
     std::ofstream(out / "state" / "sequence.bin", std::ios::binary) << '\1' << seq.str();
+  }
+  // fuzz_gguf: a minimal version-3 file, two metadata keys and one F32
+  // tensor of 32 values (the shared GGUF files are copied in by the run).
+  {
+    std::string g = "GGUF";
+    const uint32_t version = 3, string_type = 8, u32_type = 4, align = 32, one_dim = 1, f32 = 0;
+    const uint64_t tensors = 1, keys = 2, n = 32, offset = 0;
+    auto str = [&g](const std::string& x) {
+      const uint64_t len = x.size();
+      put(g, &len, 8);
+      g += x;
+    };
+    put(g, &version, 4);
+    put(g, &tensors, 8);
+    put(g, &keys, 8);
+    str("general.architecture");
+    put(g, &string_type, 4);
+    str("llama");
+    str("general.alignment");
+    put(g, &u32_type, 4);
+    put(g, &align, 4);
+    str("t");
+    put(g, &one_dim, 4);
+    put(g, &n, 8);
+    put(g, &f32, 4);
+    put(g, &offset, 8);
+    g.resize((g.size() + 31) / 32 * 32, '\0');
+    for (uint64_t i = 0; i < n; ++i) {
+      const float f = float(i) * 0.25f;
+      put(g, &f, 4);
+    }
+    std::ofstream(out / "gguf" / "tiny.gguf", std::ios::binary) << g;
   }
   // fuzz_attention: a few operation scripts (any bytes are a valid script).
   for (int i = 0; i < 4; ++i) {

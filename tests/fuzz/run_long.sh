@@ -5,7 +5,7 @@
 #
 #   tests/fuzz/run_long.sh TARGET SECONDS [JOBS]
 #
-# TARGET: checkpoint, tokenizer, cache_load, state_load or attention.
+# TARGET: checkpoint, tokenizer, cache_load, state_load, attention or gguf.
 # Inputs: tests/fuzz/corpus/TARGET (the kept corpus), the seeds make_seeds
 # writes, tests/fuzz/regressions/TARGET (every input that ever found a bug).
 # A crash is written to tests/fuzz/regressions/TARGET/crash-* and the script
@@ -22,6 +22,7 @@ case $target in
   cache_load) seeds=cache ;;
   state_load) seeds=state ;;
   attention) seeds=attention ;;
+  gguf) seeds=gguf ;;
   *) echo "unknown target $target" >&2; exit 2 ;;
 esac
 build=${KVATTN_FUZZ_BUILD:-build-fuzz}
@@ -35,17 +36,21 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 "$build/tests/fuzz/make_seeds" "$work/seeds" ../shared/models
 [ "$target" = checkpoint ] && cp ../shared/models/*.bin "$work/seeds/checkpoint/" 2>/dev/null || true
+[ "$target" = gguf ] && cp ../shared/models/gguf/*q8_0.gguf ../shared/models/gguf/*q4_0.gguf "$work/seeds/gguf/" 2>/dev/null || true
+max_len=8192
+[ "$target" = gguf ] && max_len=400000  # the shared files are 240-380 KB
 corpus=tests/fuzz/corpus/$target
 regressions=tests/fuzz/regressions/$target
 mkdir -p "$corpus" "$regressions" "$work/run"
 cp "$corpus"/* "$work/run/" 2>/dev/null || true
 status=0
 "$build/tests/fuzz/fuzz_$target" "$work/run" "$work/seeds/$seeds" "$regressions" \
-  -max_total_time="$seconds" -max_len=8192 -jobs="$jobs" -workers="$jobs" -print_final_stats=1 \
+  -max_total_time="$seconds" -max_len=$max_len -jobs="$jobs" -workers="$jobs" -print_final_stats=1 \
   -artifact_prefix="$regressions/" || status=$?
 # Keep a minimized corpus: the smallest set of inputs that covers what this run reached.
 mkdir -p "$work/merged"
-"$build/tests/fuzz/fuzz_$target" -merge=1 "$work/merged" "$corpus" "$work/run" -max_len=8192 >/dev/null 2>&1
+# The kept inputs are cut to 16 KB (the whole shared models come back as seeds each run).
+"$build/tests/fuzz/fuzz_$target" -merge=1 "$work/merged" "$corpus" "$work/run" -max_len=16384 >/dev/null 2>&1
 rm -f "$corpus"/*
 cp "$work/merged"/* "$corpus/" 2>/dev/null || true
 echo "corpus $corpus: $(ls "$corpus" | wc -l) inputs, $(du -sk "$corpus" | cut -f1) KB"
