@@ -27,3 +27,12 @@
 #define KVATTN_KERNEL_INLINE inline
 #define KVATTN_UNROLL
 #endif
+
+namespace kvattn::kernels {
+
+/// The float an IEEE half's bits stand for (exact).
+inline float half_bits_to_float(std::uint16_t bits) {
+  return static_cast<float>(Eigen::numext::bit_cast<Eigen::half>(bits));
+}
+
+}  // namespace kvattn::kernels

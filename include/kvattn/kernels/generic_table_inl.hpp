@@ -15,6 +15,8 @@ inline const KernelTable& table() {
     k.gemm_bf16 = &gemm<Eigen::bfloat16>;
     k.gemm_f16 = &gemm<Eigen::half>;
     k.silu_mul = &silu_mul;
+    k.gemv_q8_0 = &gemv_q<kQ8_0Bytes>;
+    k.gemv_q4_0 = &gemv_q<kQ4_0Bytes>;
     return k;
   }();
   return t;

@@ -4,7 +4,7 @@
 /// the formula, in double, no tiles, no vectors. Tests run each target's
 /// kernels against these; they are also what the kernels mean.
 
-#include <kvattn/kernels/types.hpp>
+#include <kvattn/kernels/common.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -70,6 +70,57 @@ void gemm_ref(const W* w, Index ws, Index rows, Index in, const float* x, Index 
       }
       y[b * ys + i] = float(sum);
     }
+  }
+}
+
+/// Code j of a quantized block as stored (kBlockBytes: Q8_0 or Q4_0).
+template <Index kBlockBytes>
+int quant_code_ref(const std::uint8_t* block, Index j) {
+  if constexpr (kBlockBytes == kQ8_0Bytes) {
+    return int(std::int8_t(block[2 + j]));
+  } else {
+    const std::uint8_t byte = block[2 + (j % 16)];
+    return int(j < 16 ? byte & 15 : byte >> 4) - 8;
+  }
+}
+
+/// QGemvFn's sum in double: sum_b d(w_ib) d(x_b) sum_j code_ibj x_bj (the
+/// quantized activations' own value, rounded once at the end).
+template <Index kBlockBytes>
+void gemv_q_ref(const std::uint8_t* w, Index row_bytes, Index rows, const BlockQ8_0* x,
+                Index n_blocks, float* y) {
+  for (Index i = 0; i < rows; ++i) {
+    double sum = 0;
+    for (Index b = 0; b < n_blocks; ++b) {
+      const std::uint8_t* block = w + i * row_bytes + b * kBlockBytes;
+      std::uint16_t d;
+      std::memcpy(&d, block, 2);
+      double dot = 0;
+      for (Index j = 0; j < kQuantBlock; ++j)
+        dot += quant_code_ref<kBlockBytes>(block, j) * x[b].qs[j];
+      sum += double(half_bits_to_float(d)) * double(half_bits_to_float(x[b].d)) * dot;
+    }
+    y[i] = float(sum);
+  }
+}
+
+/// The float-activation twin: sum_j dequantized w_ij times x_j (floats, not
+/// quantized), in double.
+template <Index kBlockBytes>
+void gemv_q_float_ref(const std::uint8_t* w, Index row_bytes, Index rows, const float* x,
+                      Index n_blocks, double* y) {
+  for (Index i = 0; i < rows; ++i) {
+    double sum = 0;
+    for (Index b = 0; b < n_blocks; ++b) {
+      const std::uint8_t* block = w + i * row_bytes + b * kBlockBytes;
+      std::uint16_t d;
+      std::memcpy(&d, block, 2);
+      for (Index j = 0; j < kQuantBlock; ++j) {
+        sum += double(half_bits_to_float(d)) * quant_code_ref<kBlockBytes>(block, j) *
+               double(x[b * kQuantBlock + j]);
+      }
+    }
+    y[i] = sum;
   }
 }
 

@@ -96,6 +96,29 @@ template <class W>
 using GemmFn = void (*)(const W* w, Index ws, Index rows, Index in, const float* x, Index xs,
                         Index batch, float* y, Index ys);
 
+/// llama.cpp's 32-value quantization blocks, as its files store them: an
+/// IEEE half scale d, then the codes. Q8_0: value j = d * qs[j] (34 bytes).
+/// Q4_0: value j = d * ((qs[j] & 15) - 8) for j < 16 and
+/// d * ((qs[j - 16] >> 4) - 8) for j >= 16 (18 bytes).
+inline constexpr Index kQuantBlock = 32;
+inline constexpr Index kQ8_0Bytes = 34, kQ4_0Bytes = 18;
+
+/// An activation vector's block in Q8_0 (codes in [-127, 127]).
+struct BlockQ8_0 {
+  std::uint16_t d = 0;  ///< IEEE half bits
+  std::int8_t qs[kQuantBlock] = {};
+};
+static_assert(sizeof(BlockQ8_0) == kQ8_0Bytes, "Q8_0 blocks are 34 bytes");
+
+/// y[i] = sum_b float(w_ib . x_b) * (d(w_ib) * d(x_b)) for rows i < rows of
+/// quantized weights (row i at w + i * row_bytes: n_blocks blocks as stored)
+/// and x quantized to n_blocks Q8_0 blocks: integer dot products per block
+/// (exact), scaled and summed in float, blocks b = 0, 4, 8, ... in one
+/// partial sum, b = 1, 5, ... in the next, then (s0 + s1) + (s2 + s3). A
+/// row's result does not depend on which rows are computed with it.
+using QGemvFn = void (*)(const std::uint8_t* w, Index row_bytes, Index rows, const BlockQ8_0* x,
+                         Index n_blocks, float* y);
+
 /// The kernels of one target.
 struct KernelTable {
   const char* name = "";
@@ -106,6 +129,8 @@ struct KernelTable {
   GemmFn<float> gemm_f32 = nullptr;
   GemmFn<Eigen::bfloat16> gemm_bf16 = nullptr;
   GemmFn<Eigen::half> gemm_f16 = nullptr;
+  QGemvFn gemv_q8_0 = nullptr;  ///< weights in Q8_0 blocks
+  QGemvFn gemv_q4_0 = nullptr;  ///< weights in Q4_0 blocks
   /// a[i] = silu(a[i]) * b[i] = a[i] / (1 + exp(-a[i])) * b[i], i < n.
   void (*silu_mul)(float* a, const float* b, Index n) = nullptr;
 

@@ -50,6 +50,51 @@ KVATTN_KERNEL_INLINE __m256i isum8(const __m256i* a) {
                           _mm256_permute2x128_si256(u0, u1, 0x31));
 }
 
+/// The 8 int32 partial sums of the products of 32 int8 codes: w in
+/// [-128, 127], x in [-127, 127] (|w| as unsigned bytes times x with w's
+/// sign: vpmaddubsw's int16 pairs cannot saturate, at most 2 * 128 * 127).
+KVATTN_KERNEL_INLINE __m256i qdot32(__m256i w, __m256i x) {
+  const __m256i pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+  return _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
+}
+
+/// A Q8_0 block's 32 codes.
+KVATTN_KERNEL_INLINE __m256i q8_0_codes(const std::uint8_t* block) {
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(block + 2));
+}
+
+/// A Q4_0 block's 32 codes (low nibbles first, then high), minus 8.
+KVATTN_KERNEL_INLINE __m256i q4_0_codes(const std::uint8_t* block) {
+  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block + 2));
+  const __m128i m = _mm_set1_epi8(15);
+  const __m256i n = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(b, 4), m), _mm_and_si128(b, m));
+  return _mm256_sub_epi8(n, _mm256_set1_epi8(8));
+}
+
+/// acc[k] += float(sum of s[k]'s lanes) * (d(w_k) * d(x)), k < 4.
+KVATTN_KERNEL_INLINE void qfinish4(const __m256i* s, const std::uint8_t* const* w,
+                                   const BlockQ8_0* x, float* acc) {
+  const __m256i u = _mm256_hadd_epi32(_mm256_hadd_epi32(s[0], s[1]), _mm256_hadd_epi32(s[2], s[3]));
+  const __m128i sums = _mm_add_epi32(_mm256_castsi256_si128(u), _mm256_extracti128_si256(u, 1));
+  std::uint16_t d[4];
+  for (int k = 0; k < 4; ++k) std::memcpy(&d[k], w[k], 2);
+  const __m128 dw =
+      _mm_cvtph_ps(_mm_setr_epi16(short(d[0]), short(d[1]), short(d[2]), short(d[3]), 0, 0, 0, 0));
+  const __m128 p = _mm_mul_ps(_mm_cvtepi32_ps(sums), _mm_mul_ps(dw, _mm_set1_ps(_cvtsh_ss(x->d))));
+  _mm_storeu_ps(acc, _mm_add_ps(_mm_loadu_ps(acc), p));
+}
+
+/// V::qdot4_q8_0 / qdot4_q4_0 with Dot(w codes, x codes) giving int32 lanes.
+template <class Codes, class Dot>
+KVATTN_KERNEL_INLINE void qdot4(const std::uint8_t* const* w, const BlockQ8_0* x, float* acc,
+                                Codes codes, Dot dot) {
+  const __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x->qs));
+  __m256i s[4];
+  KVATTN_UNROLL
+  for (int k = 0; k < 4; ++k) s[k] = dot(codes(w[k]), xq);
+  qfinish4(s, w, x, acc);
+}
+
 struct V {
   static constexpr int kLanes = 8;
   static constexpr int kTileAcc = 8;
@@ -151,9 +196,16 @@ struct V {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out),
                         _mm256_blend_epi16(ia, _mm256_slli_epi32(ib, 16), 0xAA));
   }
+  static void qdot4_q8_0(const std::uint8_t* const* w, const BlockQ8_0* x, float* acc) {
+    qdot4(w, x, acc, q8_0_codes, qdot32);
+  }
+  static void qdot4_q4_0(const std::uint8_t* const* w, const BlockQ8_0* x, float* acc) {
+    qdot4(w, x, acc, q4_0_codes, qdot32);
+  }
 };
 
 #include <kvattn/kernels/generic_inl.hpp>
+#include <kvattn/kernels/generic_quant_inl.hpp>
 
 #undef KVATTN_KERNEL_INTEGER
 

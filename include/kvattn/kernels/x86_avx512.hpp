@@ -167,9 +167,17 @@ struct V {
     const __m512i ia = _mm512_cvtps_epi32(a), ib = _mm512_cvtps_epi32(b);
     _mm512_storeu_si512(out, _mm512_mask_blend_epi16(0xAAAAAAAAu, ia, _mm512_slli_epi32(ib, 16)));
   }
+  // Quantized blocks: 32 codes fill a 256-bit vector (AVX2's, with VL).
+  static void qdot4_q8_0(const std::uint8_t* const* w, const BlockQ8_0* x, float* acc) {
+    avx2::qdot4(w, x, acc, avx2::q8_0_codes, avx2::qdot32);
+  }
+  static void qdot4_q4_0(const std::uint8_t* const* w, const BlockQ8_0* x, float* acc) {
+    avx2::qdot4(w, x, acc, avx2::q4_0_codes, avx2::qdot32);
+  }
 };
 
 #include <kvattn/kernels/generic_inl.hpp>
+#include <kvattn/kernels/generic_quant_inl.hpp>
 
 #undef KVATTN_KERNEL_INTEGER
 
@@ -199,11 +207,24 @@ namespace kvattn::kernels::avx512vnni {
 inline constexpr const char* kName = "avx512vnni";
 #define KVATTN_KERNEL_INTEGER 1
 
+/// avx2::qdot32 by vpdpbusd: |w| (unsigned) times x with w's sign, in int32.
+KVATTN_KERNEL_INLINE __m256i qdot32(__m256i w, __m256i x) {
+  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(w, w),
+                             _mm256_sign_epi8(x, w));
+}
+
 struct V : avx512::V {
   static I32 dot_pairs(I32 acc, I16 a, I16 b) { return _mm512_dpwssd_epi32(acc, a, b); }
+  static void qdot4_q8_0(const std::uint8_t* const* w, const BlockQ8_0* x, float* acc) {
+    avx2::qdot4(w, x, acc, avx2::q8_0_codes, qdot32);
+  }
+  static void qdot4_q4_0(const std::uint8_t* const* w, const BlockQ8_0* x, float* acc) {
+    avx2::qdot4(w, x, acc, avx2::q4_0_codes, qdot32);
+  }
 };
 
 #include <kvattn/kernels/generic_inl.hpp>
+#include <kvattn/kernels/generic_quant_inl.hpp>
 
 #undef KVATTN_KERNEL_INTEGER
 

@@ -1,0 +1,41 @@
+#pragma once
+/// \file
+/// Activations into Q8_0 blocks, the form the quantized-weight products
+/// take them in (as llama.cpp's CPU kernels do): per 32 values, d = max|x| /
+/// 127, codes round(x / d) to nearest even, d stored as an IEEE half.
+
+#include <kvattn/kernels/common.hpp>
+
+#include <stdexcept>
+#include <string>
+
+namespace kvattn::kernels {
+
+/// x[0..n) into n / 32 blocks at out. Throws std::invalid_argument unless n
+/// is a multiple of 32. NaN or infinite inputs give NaN codes' stand-in 0
+/// and a NaN or infinite scale, so the products come out NaN, not silently
+/// finite.
+inline void quantize_q8_0(const float* x, Index n, BlockQ8_0* out) {
+  if (n % kQuantBlock != 0) {
+    throw std::invalid_argument("quantize_q8_0: n = " + std::to_string(n) +
+                                ", expected a multiple of 32");
+  }
+  for (Index b = 0; b < n / kQuantBlock; ++b) {
+    const float* v = x + b * kQuantBlock;
+    float amax = 0;
+    for (Index j = 0; j < kQuantBlock; ++j) {
+      const float a = std::fabs(v[j]);
+      amax = a > amax || a != a ? a : amax;  // NaN wins
+    }
+    const float d = amax / 127.0f;
+    const float id = d != 0 ? 1.0f / d : 0.0f;
+    BlockQ8_0& q = out[b];
+    q.d = Eigen::numext::bit_cast<std::uint16_t>(Eigen::half(d));
+    for (Index j = 0; j < kQuantBlock; ++j) {
+      const float c = std::nearbyint(v[j] * id);  // |c| <= 127 for finite inputs
+      q.qs[j] = std::isfinite(c) ? std::int8_t(c) : std::int8_t(0);
+    }
+  }
+}
+
+}  // namespace kvattn::kernels
