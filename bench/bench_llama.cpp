@@ -7,9 +7,11 @@
 //   BM_PlainDecode/model       plain C: one token per call, the same positions
 //   BM_PlainDecodeOfast/model  the same C built with -Ofast (llama2.c's "runfast")
 //   BM_LlamaPrefill/model      kvattn: the same tokens as one batched prefill
+//   BM_GgufDecode/file         kvattn decode of aidreams260K's GGUF files by weight type
 //
 // model 0 = aidreams260K.bin (MHA, 128 positions), 1 = stories260K.bin (GQA, 256).
 // One thread.
+#include <kvattn/io/model_file.hpp>
 #include <kvattn/kvattn.hpp>
 
 #include "plain_llama.h"
@@ -96,11 +98,35 @@ void BM_LlamaPrefill(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations() * n);
 }
 
+// The GGUF files llama.cpp wrote from aidreams260K.bin, one per weight type
+// (weights decoded to float at load for now: docs/gguf.md).
+const char* const kGgufFiles[] = {"f32", "f16", "bf16", "q8_0", "q4_0"};
+
+void BM_GgufDecode(benchmark::State& state) {
+  const std::string path =
+      std::string(KVATTN_MODELS_DIR) + "/gguf/aidreams260K-" + kGgufFiles[state.range(0)] + ".gguf";
+  if (!std::filesystem::exists(path)) {
+    state.SkipWithError(("shared GGUF file not found: " + path).c_str());
+    return;
+  }
+  kvattn::Llama<float> model(kvattn::read_model_file<float>(path).weights);
+  const int n = kModels[0].positions;
+  const std::vector<int> seq = tokens(n, int(model.config().vocab_size));
+  kvattn::LlamaState<float> s = model.make_state(n);
+  for (auto _ : state) {
+    s.clear();
+    for (int p = 0; p < n; ++p) benchmark::DoNotOptimize(model.step(seq[size_t(p)], s).data());
+  }
+  state.SetItemsProcessed(state.iterations() * n);
+  state.SetLabel(kGgufFiles[state.range(0)]);
+}
+
 }  // namespace
 
 BENCHMARK(BM_LlamaDecode)->ArgName("model")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_PlainDecode)->ArgName("model")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_PlainDecodeOfast)->ArgName("model")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_GgufDecode)->ArgName("file")->DenseRange(0, 4)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_LlamaPrefill)->ArgName("model")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond);
 
 BENCHMARK_MAIN();

@@ -18,6 +18,29 @@
 #include <chrono>
 #include <cstdio>
 
+// Bytes/s one rank reads while every rank reads its own 512 MiB at once
+// (median of 5), with this rank's thread count: the yardstick for a step.
+double rank_read_bandwidth(kvattn::dist::Communicator& comm) {
+  const Eigen::Index n = Eigen::Index(128) << 20;
+  kvattn::detail::LargeBuffer<float> buffer{n};
+  std::fill(buffer.data(), buffer.data() + n, 1.0f);
+  std::vector<double> rates;
+  for (int rep = 0; rep < 5; ++rep) {
+    comm.barrier();
+    const auto t0 = std::chrono::steady_clock::now();
+    float sum = 0;
+#pragma omp parallel for reduction(+ : sum)
+    for (int part = 0; part < 8; ++part) {
+      sum += Eigen::Map<const Eigen::ArrayXf>(buffer.data() + part * (n / 8), n / 8).sum();
+    }
+    benchmark::DoNotOptimize(sum);
+    rates.push_back(double(n) * 4 /
+                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(rates.begin(), rates.end());
+  return rates[rates.size() / 2];
+}
+
 int main(int argc, char** argv) {
   MPI_Init(&argc, &argv);
   kvattn::dist::Communicator comm;
@@ -33,9 +56,12 @@ int main(int argc, char** argv) {
   kvattn::dist::ShardedAttention<float> layer(comm, c, w);
   w = kvattn::AttentionWeights<float>();  // keep only the slice
   const int threads = kvattn::detail::max_threads();
+  const double bandwidth = rank_read_bandwidth(comm);
   if (comm.rank() == 0) {
-    std::printf("kernel target %s, %d rank(s), %d thread(s) per rank\n", kvattn::kernel_target(),
-                comm.size(), threads);
+    std::printf(
+        "kernel target %s, %d rank(s), %d thread(s) per rank; read bandwidth per rank %.1f GB/s "
+        "(every rank reading at once)\n",
+        kvattn::kernel_target(), comm.size(), threads, bandwidth / 1e9);
   }
   for (Index ctx : {4096, 16384}) {
     auto cache = layer.make_cache(ctx + 1);
@@ -74,9 +100,10 @@ int main(int argc, char** argv) {
       std::printf(
           "ctx %5ld: step %.3f ms (median of %zu), %.0f tokens/s, per rank %.1f MB weights + %.1f "
           "MB "
-          "cache, all-reduce exchange %.3f ms, mean step over ranks %.3f ms\n",
-          long(ctx), med * 1e3, step.size(), 1.0 / med, weights / 1e6, kv / 1e6, med_x * 1e3,
-          worst / comm.size() * 1e3);
+          "cache (%.2f of the read bandwidth), all-reduce exchange %.3f ms, mean step over "
+          "ranks %.3f ms\n",
+          long(ctx), med * 1e3, step.size(), 1.0 / med, weights / 1e6, kv / 1e6,
+          (weights + kv) / med / bandwidth, med_x * 1e3, worst / comm.size() * 1e3);
     }
   }
   MPI_Finalize();

@@ -1,0 +1,133 @@
+// One token through the seven matrices of a d_model 4096 Llama layer
+// (Llama 3 8B shapes: Wq, Wo 4096 x 4096; Wk, Wv 1024 x 4096; W1, W3
+// 14336 x 4096; W2 4096 x 14336) with the weights as stored: Q8_0 and Q4_0
+// blocks (kvattn::quant_gemv: activations quantized to Q8_0, integer dot
+// products), against bf16 and fp32 weights (ops::gemm_few), with 1 and 2
+// threads. Caches are flushed before each token. `read_fraction`: weight
+// bytes as stored per second over the read bandwidth measured in this run
+// with the same thread count.
+//
+//   for i in 1 2 3; do ./build/bench/bench_quant; done   # quote the medians of the runs
+#include <kvattn/kvattn.hpp>
+#include <kvattn/ops/quant_linear.hpp>
+
+#include "bench_common.hpp"
+
+#include <array>
+#include <cstring>
+#include <string>
+#include <vector>
+
+namespace {
+
+using Index = Eigen::Index;
+struct Shape {
+  Index rows, cols;
+};
+const std::array<Shape, 7> kLayer = {{{4096, 4096},
+                                      {1024, 4096},
+                                      {1024, 4096},
+                                      {4096, 4096},
+                                      {14336, 4096},
+                                      {14336, 4096},
+                                      {4096, 14336}}};
+enum Kind { kQ8_0 = 0, kQ4_0 = 1, kBf16 = 2, kF32 = 3 };
+const char* const kKindNames[] = {"q8_0", "q4_0", "bf16", "f32"};
+
+// Random blocks: scales in [-0.02, 0.02], codes anywhere in their range.
+std::vector<std::uint8_t> quant_rows(Index block_bytes, Shape s, uint64_t seed) {
+  std::vector<std::uint8_t> w(size_t(s.rows * s.cols / 32 * block_bytes));
+  uint64_t r = seed * 0x9E3779B97F4A7C15ull + 1;
+  for (size_t i = 0; i < w.size(); ++i) {
+    r = r * 6364136223846793005ull + 1442695040888963407ull;
+    w[i] = std::uint8_t(r >> 56);
+  }
+  for (size_t b = 0; b < w.size(); b += size_t(block_bytes)) {
+    const Eigen::half d(0.02f * (float(w[b + 2]) / 128.0f - 1.0f));
+    std::memcpy(&w[b], &d, 2);
+  }
+  return w;
+}
+
+template <class W>
+kvattn::RowMatrix<W> dense_rows(Shape s, uint64_t seed) {
+  kvattn::RowMatrix<float> f(s.rows, s.cols);
+  bench::fill(f.data(), f.size(), 0.02f, seed);
+  return f.template cast<W>();
+}
+
+struct Layer {
+  std::vector<std::vector<std::uint8_t>> q8, q4;
+  std::vector<kvattn::RowMatrix<Eigen::bfloat16>> bf16;
+  std::vector<kvattn::RowMatrix<float>> f32;
+};
+
+Layer& layer(Kind kind) {  // each kind built at its first use only
+  static Layer l;
+  for (size_t m = 0; m < kLayer.size(); ++m) {
+    if (kind == kQ8_0 && l.q8.size() <= m) l.q8.push_back(quant_rows(34, kLayer[m], m));
+    if (kind == kQ4_0 && l.q4.size() <= m) l.q4.push_back(quant_rows(18, kLayer[m], m));
+    if (kind == kBf16 && l.bf16.size() <= m)
+      l.bf16.push_back(dense_rows<Eigen::bfloat16>(kLayer[m], m));
+    if (kind == kF32 && l.f32.size() <= m) l.f32.push_back(dense_rows<float>(kLayer[m], m));
+  }
+  return l;
+}
+
+double layer_bytes(Kind kind) {
+  double values = 0;
+  for (const Shape& s : kLayer) values += double(s.rows) * double(s.cols);
+  const double per_value[] = {34.0 / 32, 18.0 / 32, 2, 4};
+  return values * per_value[kind];
+}
+
+void BM_LayerProducts(benchmark::State& state) {
+  const Kind kind = Kind(state.range(0));
+  const int threads = int(state.range(1));
+  bench::set_threads(threads);
+  Layer& l = layer(kind);
+  std::vector<float> x(14336), y(14336);
+  bench::fill(x.data(), Index(x.size()), 1.0f, 5);
+  std::vector<kvattn::kernels::BlockQ8_0> scratch;
+  double seconds = 0;
+  for (auto _ : state) {
+    state.PauseTiming();
+    bench::flush_caches();
+    state.ResumeTiming();
+    const auto t0 = std::chrono::steady_clock::now();
+    for (size_t m = 0; m < kLayer.size(); ++m) {
+      const Shape s = kLayer[m];
+      if (kind == kQ8_0 || kind == kQ4_0) {
+        const kvattn::QuantMatrixView v{
+            kind == kQ8_0 ? kvattn::QuantType::Q8_0 : kvattn::QuantType::Q4_0,
+            (kind == kQ8_0 ? l.q8[m] : l.q4[m]).data(), s.rows, s.cols};
+        kvattn::quant_gemv(v, x.data(), y.data(), scratch);
+      } else if (kind == kBf16) {
+        kvattn::ops::gemm_few<float, Eigen::bfloat16>(l.bf16[m], x.data(), s.cols, 1, y.data(),
+                                                      s.rows);
+      } else {
+        kvattn::ops::gemm_few<float, float>(l.f32[m], x.data(), s.cols, 1, y.data(), s.rows);
+      }
+    }
+    benchmark::DoNotOptimize(y.data());
+    seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+  const double bytes = layer_bytes(kind) * double(state.iterations());
+  state.SetBytesProcessed(int64_t(bytes));
+  state.SetLabel(kKindNames[kind]);
+  if (const double bw = bench::read_bandwidth(threads); bw > 0) {
+    state.counters["read_fraction"] = bytes / seconds / bw;
+  }
+}
+
+void args(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"weights", "threads"})->Unit(benchmark::kMillisecond)->UseRealTime();
+  for (int threads : {1, 2})
+    for (int kind : {kQ8_0, kQ4_0, kBf16, kF32}) b->Args({kind, threads});
+}
+
+}  // namespace
+
+BENCHMARK(bench::BM_ReadBandwidth)->Apply(bench::read_bandwidth_args);
+BENCHMARK(BM_LayerProducts)->Apply(args);
+BENCHMARK_MAIN();
