@@ -125,8 +125,8 @@ TEST_P(QuantKernels, HandWorkedProducts) {
 }
 
 // Against the twin: the integer sums are exact, so the only difference is
-// float rounding: two products per block and the sum of nb of them,
-// bounded by (nb + 8) u sum_b |p_b|.
+// float rounding: the scale product and one multiply-add per block and lane,
+// then the lanes' sum, bounded by (nb + 8) u sum_b |d_b| sum_j |w_bj x_bj|.
 template <Index kBytes>
 void check_against_twin(const KernelTable& table, kvattn::kernels::QGemvFn fn) {
   std::mt19937 rng(kBytes);
@@ -145,9 +145,9 @@ void check_against_twin(const KernelTable& table, kvattn::kernels::QGemvFn fn) {
         const std::uint8_t* block = w.data() + (i * nb + b) * kBytes;
         std::uint16_t d;
         std::memcpy(&d, block, 2);
-        double dot = 0;
+        double dot = 0;  // of the magnitudes: the lanes' partial sums may cancel
         for (Index j = 0; j < 32; ++j)
-          dot += kvattn::kernels::quant_code_ref<kBytes>(block, j) * x[size_t(b)].qs[j];
+          dot += std::abs(kvattn::kernels::quant_code_ref<kBytes>(block, j) * x[size_t(b)].qs[j]);
         abs_sum += std::abs(double(kvattn::kernels::half_bits_to_float(d)) *
                             kvattn::kernels::half_bits_to_float(x[size_t(b)].d) * dot);
       }

@@ -115,35 +115,29 @@ struct V {
     p = vmlal_s8(p, vget_high_s8(w), vget_high_s8(x));
     return vpadalq_s16(acc, p);
   }
-  template <class Codes>
-  static void qdot4(const std::uint8_t* const* w, const BlockQ8_0* x, float* acc, Codes codes) {
+  using QAcc = float32x4_t;
+  static QAcc qzero() { return vdupq_n_f32(0.0f); }
+  static float qreduce(QAcc a) { return vaddvq_f32(a); }
+  template <Index kBlockBytes>
+  static void qdot4(const std::uint8_t* const* r, Index at, const BlockQ8_0* x, QAcc* acc) {
     const int8x16_t x0 = vld1q_s8(x->qs), x1 = vld1q_s8(x->qs + 16);
-    std::uint16_t d[4];
-    std::int32_t s[4];
+    const float dx = half_bits_to_float(x->d);
     for (int k = 0; k < 4; ++k) {
+      const std::uint8_t* block = r[k] + at;
       int8x16_t lo, hi;
-      codes(w[k], lo, hi);
-      s[k] = vaddvq_s32(qdot16(qdot16(vdupq_n_s32(0), lo, x0), hi, x1));
-      std::memcpy(&d[k], w[k], 2);
+      if constexpr (kBlockBytes == kQ8_0Bytes) {
+        lo = vld1q_s8(reinterpret_cast<const std::int8_t*>(block + 2));
+        hi = vld1q_s8(reinterpret_cast<const std::int8_t*>(block + 18));
+      } else {
+        const uint8x16_t q = vld1q_u8(block + 2);
+        lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(q, vdupq_n_u8(15))), vdupq_n_s8(8));
+        hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(q, 4)), vdupq_n_s8(8));
+      }
+      std::uint16_t d;
+      std::memcpy(&d, block, 2);
+      const int32x4_t s = qdot16(qdot16(vdupq_n_s32(0), lo, x0), hi, x1);
+      acc[k] = vfmaq_n_f32(acc[k], vcvtq_f32_s32(s), half_bits_to_float(d) * dx);
     }
-    const float32x4_t dw = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(d)));
-    const float32x4_t p =
-        vmulq_f32(vcvtq_f32_s32(vld1q_s32(s)), vmulq_n_f32(dw, half_bits_to_float(x->d)));
-    vst1q_f32(acc, vaddq_f32(vld1q_f32(acc), p));
-  }
-  static void qdot4_q8_0(const std::uint8_t* const* w, const BlockQ8_0* x, float* acc) {
-    qdot4(w, x, acc, [](const std::uint8_t* b, int8x16_t& lo, int8x16_t& hi) {
-      lo = vld1q_s8(reinterpret_cast<const std::int8_t*>(b + 2));
-      hi = vld1q_s8(reinterpret_cast<const std::int8_t*>(b + 18));
-    });
-  }
-  static void qdot4_q4_0(const std::uint8_t* const* w, const BlockQ8_0* x, float* acc) {
-    qdot4(w, x, acc, [](const std::uint8_t* b, int8x16_t& lo, int8x16_t& hi) {
-      const uint8x16_t q = vld1q_u8(b + 2);
-      const int8x16_t eight = vdupq_n_s8(8);
-      lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(q, vdupq_n_u8(15))), eight);
-      hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(q, 4)), eight);
-    });
   }
 };
 

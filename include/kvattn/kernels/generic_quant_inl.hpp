@@ -1,42 +1,36 @@
+
 // The quantized-weight matrix-vector product of one target, written once
 // against its V (no include guard: included by each target header inside
 // its namespace and instruction-set region, after generic_inl.hpp). V
-// supplies, for 4 rows' blocks w[0..4) (block pointers as stored) and one
-// activation block x:
-//   V::qdot4_q8_0(w, x, acc), V::qdot4_q4_0(w, x, acc):
-//     acc[k] += float(w_k . x) * (d(w_k) * d(x)), k < 4,
-// the dot product of the codes in int32 (exact), then two float products.
+// supplies a float accumulator QAcc and, for 4 rows' blocks at byte offset
+// `at` of rows r[0..4) and one activation block x:
+//   V::qdot4<kBlockBytes>(r, at, x, acc):
+//     acc[k] += to_float(lanes of the int32 dot of the codes) * (d(w_k) * d(x)),
+//   V::qreduce(acc) -> float: the sum of an accumulator's lanes.
+// The codes' dot is exact; each lane then takes one multiply-add per block.
+
+/// How far ahead in each row the loop hints the next bytes into cache (the
+/// hardware prefetchers alone left a 4-row loop well short of bandwidth;
+/// docs/kernels.md).
+inline constexpr Index kQuantAhead = 512;
 
 /// QGemvFn for weights in blocks of kBlockBytes (Q8_0 or Q4_0).
 template <Index kBlockBytes>
 void gemv_q(const std::uint8_t* w, Index row_bytes, Index rows, const BlockQ8_0* x, Index n_blocks,
             float* y) {
   static_assert(kBlockBytes == kQ8_0Bytes || kBlockBytes == kQ4_0Bytes, "Q8_0 or Q4_0");
-  auto block4 = [](const std::uint8_t* const* b, const BlockQ8_0* xb, float* acc) {
-    if constexpr (kBlockBytes == kQ8_0Bytes) {
-      V::qdot4_q8_0(b, xb, acc);
-    } else {
-      V::qdot4_q4_0(b, xb, acc);
-    }
-  };
   for (Index i0 = 0; i0 < rows; i0 += 4) {
     const Index nr = std::min<Index>(4, rows - i0);
-    const std::uint8_t* row[4];
-    for (Index k = 0; k < 4; ++k) row[k] = w + (i0 + std::min(k, nr - 1)) * row_bytes;
-    alignas(16) float acc[4][4] = {};  // [block % 4][row]
-    const std::uint8_t* b[4];
-    Index j = 0;
-    for (; j + 4 <= n_blocks; j += 4) {
-      KVATTN_UNROLL
-      for (int part = 0; part < 4; ++part) {
-        for (int k = 0; k < 4; ++k) b[k] = row[k] + (j + part) * kBlockBytes;
-        block4(b, x + j + part, acc[part]);
+    const std::uint8_t* r[4];
+    for (Index k = 0; k < 4; ++k) r[k] = w + (i0 + std::min(k, nr - 1)) * row_bytes;
+    typename V::QAcc acc[4] = {V::qzero(), V::qzero(), V::qzero(), V::qzero()};
+    for (Index b = 0; b < n_blocks; ++b) {
+      const Index at = b * kBlockBytes;
+      if (b % 2 == 0) {  // about one hint per cache line and row, kQuantAhead bytes ahead
+        for (int k = 0; k < 4; ++k) V::prefetch(r[k] + at + kQuantAhead);
       }
+      V::template qdot4<kBlockBytes>(r, at, x + b, acc);
     }
-    for (; j < n_blocks; ++j) {
-      for (int k = 0; k < 4; ++k) b[k] = row[k] + j * kBlockBytes;
-      block4(b, x + j, acc[j % 4]);
-    }
-    for (Index k = 0; k < nr; ++k) y[i0 + k] = (acc[0][k] + acc[1][k]) + (acc[2][k] + acc[3][k]);
+    for (Index k = 0; k < nr; ++k) y[i0 + k] = V::qreduce(acc[k]);
   }
 }

@@ -125,35 +125,34 @@ struct V {
     (void)p;
 #endif
   }
-  // Quantized blocks (generic_quant_inl.hpp): codes dotted in int32.
-  static std::uint16_t scale_bits(const std::uint8_t* block) {
-    std::uint16_t d;
-    std::memcpy(&d, block, 2);
-    return d;
-  }
-  template <class Code>
-  static void qdot4(const std::uint8_t* const* w, const BlockQ8_0* x, float* acc, Code code) {
-    const float dx = half_bits_to_float(x->d);
-    for (int k = 0; k < 4; ++k) {
-      std::int32_t s = 0;
-      for (int j = 0; j < kQuantBlock; ++j) s += code(w[k] + 2, j) * std::int32_t(x->qs[j]);
-      const float d = half_bits_to_float(scale_bits(w[k])) * dx;
-      acc[k] += float(s) * d;
+  // Quantized blocks (generic_quant_inl.hpp): codes dotted in int32, one
+  // lane.
+  using QAcc = float;
+  static QAcc qzero() { return 0.0f; }
+  static float qreduce(QAcc a) { return a; }
+  template <Index kBlockBytes>
+  static std::int32_t qcode(const std::uint8_t* q, int j) {
+    if constexpr (kBlockBytes == kQ8_0Bytes) {
+      // Read as int8 in memory, not as uint8 converted to int8: GCC 12.2
+      // with AVX-512 VNNI or AVX-VNNI vectorizes sum (int)(int8_t)u8[j] *
+      // (int)s8[j] into vpdpbusd with u8 unsigned, dropping the conversion
+      // (-128 counts as +128; docs/kernels.md).
+      return std::int32_t(reinterpret_cast<const std::int8_t*>(q)[j]);
+    } else {
+      return std::int32_t(j < 16 ? q[j] & 15 : q[j - 16] >> 4) - 8;
     }
   }
-  static void qdot4_q8_0(const std::uint8_t* const* w, const BlockQ8_0* x, float* acc) {
-    // Read the codes as int8 in memory, not as uint8 converted to int8: GCC
-    // 12.2 with AVX-512 VNNI or AVX-VNNI enabled vectorizes
-    // sum (int)(int8_t)u8[j] * (int)s8[j] into vpdpbusd with u8 unsigned,
-    // dropping the conversion (-128 counts as +128; docs/kernels.md).
-    qdot4(w, x, acc, [](const std::uint8_t* q, int j) {
-      return std::int32_t(reinterpret_cast<const std::int8_t*>(q)[j]);
-    });
-  }
-  static void qdot4_q4_0(const std::uint8_t* const* w, const BlockQ8_0* x, float* acc) {
-    qdot4(w, x, acc, [](const std::uint8_t* q, int j) {
-      return std::int32_t(j < 16 ? q[j] & 15 : q[j - 16] >> 4) - 8;
-    });
+  template <Index kBlockBytes>
+  static void qdot4(const std::uint8_t* const* r, Index at, const BlockQ8_0* x, QAcc* acc) {
+    const float dx = half_bits_to_float(x->d);
+    for (int k = 0; k < 4; ++k) {
+      const std::uint8_t* block = r[k] + at;
+      std::int32_t s = 0;
+      for (int j = 0; j < kQuantBlock; ++j) s += qcode<kBlockBytes>(block + 2, j) * x->qs[j];
+      std::uint16_t d;
+      std::memcpy(&d, block, 2);
+      acc[k] = fma(set1(float(s)), set1(half_bits_to_float(d) * dx), set1(acc[k])).v[0];
+    }
   }
 };
 

@@ -110,12 +110,12 @@ struct BlockQ8_0 {
 };
 static_assert(sizeof(BlockQ8_0) == kQ8_0Bytes, "Q8_0 blocks are 34 bytes");
 
-/// y[i] = sum_b float(w_ib . x_b) * (d(w_ib) * d(x_b)) for rows i < rows of
-/// quantized weights (row i at w + i * row_bytes: n_blocks blocks as stored)
-/// and x quantized to n_blocks Q8_0 blocks: integer dot products per block
-/// (exact), scaled and summed in float, blocks b = 0, 4, 8, ... in one
-/// partial sum, b = 1, 5, ... in the next, then (s0 + s1) + (s2 + s3). A
-/// row's result does not depend on which rows are computed with it.
+/// y[i] = sum_b d(w_ib) d(x_b) (w_ib . x_b) for rows i < rows of quantized
+/// weights (row i at w + i * row_bytes: n_blocks blocks as stored) and x
+/// quantized to n_blocks Q8_0 blocks: the codes' dot products in int32
+/// (exact), then per block one float multiply-add per vector lane of the
+/// target, the lanes summed at the row's end. A row's result does not
+/// depend on which rows are computed with it.
 using QGemvFn = void (*)(const std::uint8_t* w, Index row_bytes, Index rows, const BlockQ8_0* x,
                          Index n_blocks, float* y);
 

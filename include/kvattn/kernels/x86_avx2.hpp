@@ -71,28 +71,22 @@ KVATTN_KERNEL_INLINE __m256i q4_0_codes(const std::uint8_t* block) {
   return _mm256_sub_epi8(n, _mm256_set1_epi8(8));
 }
 
-/// acc[k] += float(sum of s[k]'s lanes) * (d(w_k) * d(x)), k < 4.
-KVATTN_KERNEL_INLINE void qfinish4(const __m256i* s, const std::uint8_t* const* w,
-                                   const BlockQ8_0* x, float* acc) {
-  const __m256i u = _mm256_hadd_epi32(_mm256_hadd_epi32(s[0], s[1]), _mm256_hadd_epi32(s[2], s[3]));
-  const __m128i sums = _mm_add_epi32(_mm256_castsi256_si128(u), _mm256_extracti128_si256(u, 1));
-  std::uint16_t d[4];
-  for (int k = 0; k < 4; ++k) std::memcpy(&d[k], w[k], 2);
-  const __m128 dw =
-      _mm_cvtph_ps(_mm_setr_epi16(short(d[0]), short(d[1]), short(d[2]), short(d[3]), 0, 0, 0, 0));
-  const __m128 p = _mm_mul_ps(_mm_cvtepi32_ps(sums), _mm_mul_ps(dw, _mm_set1_ps(_cvtsh_ss(x->d))));
-  _mm_storeu_ps(acc, _mm_add_ps(_mm_loadu_ps(acc), p));
-}
-
-/// V::qdot4_q8_0 / qdot4_q4_0 with Dot(w codes, x codes) giving int32 lanes.
-template <class Codes, class Dot>
-KVATTN_KERNEL_INLINE void qdot4(const std::uint8_t* const* w, const BlockQ8_0* x, float* acc,
-                                Codes codes, Dot dot) {
+/// The codes of block `at` of 4 rows, dotted with x's by Dot (8 int32
+/// lanes each), multiply-added into acc[k] with d(w_k) * d(x).
+template <Index kBlockBytes, class Dot>
+KVATTN_KERNEL_INLINE void qdot4(const std::uint8_t* const* r, Index at, const BlockQ8_0* x,
+                                __m256* acc, Dot dot) {
   const __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x->qs));
-  __m256i s[4];
+  const float dx = _cvtsh_ss(x->d);
   KVATTN_UNROLL
-  for (int k = 0; k < 4; ++k) s[k] = dot(codes(w[k]), xq);
-  qfinish4(s, w, x, acc);
+  for (int k = 0; k < 4; ++k) {
+    const std::uint8_t* block = r[k] + at;
+    const __m256i codes = kBlockBytes == kQ8_0Bytes ? q8_0_codes(block) : q4_0_codes(block);
+    std::uint16_t d;
+    std::memcpy(&d, block, 2);
+    acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot(codes, xq)), _mm256_set1_ps(_cvtsh_ss(d) * dx),
+                             acc[k]);
+  }
 }
 
 struct V {
@@ -196,11 +190,12 @@ struct V {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out),
                         _mm256_blend_epi16(ia, _mm256_slli_epi32(ib, 16), 0xAA));
   }
-  static void qdot4_q8_0(const std::uint8_t* const* w, const BlockQ8_0* x, float* acc) {
-    qdot4(w, x, acc, q8_0_codes, qdot32);
-  }
-  static void qdot4_q4_0(const std::uint8_t* const* w, const BlockQ8_0* x, float* acc) {
-    qdot4(w, x, acc, q4_0_codes, qdot32);
+  using QAcc = __m256;
+  static QAcc qzero() { return _mm256_setzero_ps(); }
+  static float qreduce(QAcc a) { return sum1(a); }
+  template <Index kBlockBytes>
+  static void qdot4(const std::uint8_t* const* r, Index at, const BlockQ8_0* x, QAcc* acc) {
+    avx2::qdot4<kBlockBytes>(r, at, x, acc, qdot32);
   }
 };
 

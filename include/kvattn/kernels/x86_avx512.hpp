@@ -168,11 +168,12 @@ struct V {
     _mm512_storeu_si512(out, _mm512_mask_blend_epi16(0xAAAAAAAAu, ia, _mm512_slli_epi32(ib, 16)));
   }
   // Quantized blocks: 32 codes fill a 256-bit vector (AVX2's, with VL).
-  static void qdot4_q8_0(const std::uint8_t* const* w, const BlockQ8_0* x, float* acc) {
-    avx2::qdot4(w, x, acc, avx2::q8_0_codes, avx2::qdot32);
-  }
-  static void qdot4_q4_0(const std::uint8_t* const* w, const BlockQ8_0* x, float* acc) {
-    avx2::qdot4(w, x, acc, avx2::q4_0_codes, avx2::qdot32);
+  using QAcc = __m256;
+  static QAcc qzero() { return _mm256_setzero_ps(); }
+  static float qreduce(QAcc a) { return avx2::sum1(a); }
+  template <Index kBlockBytes>
+  static void qdot4(const std::uint8_t* const* r, Index at, const BlockQ8_0* x, QAcc* acc) {
+    avx2::qdot4<kBlockBytes>(r, at, x, acc, avx2::qdot32);
   }
 };
 
@@ -215,11 +216,9 @@ KVATTN_KERNEL_INLINE __m256i qdot32(__m256i w, __m256i x) {
 
 struct V : avx512::V {
   static I32 dot_pairs(I32 acc, I16 a, I16 b) { return _mm512_dpwssd_epi32(acc, a, b); }
-  static void qdot4_q8_0(const std::uint8_t* const* w, const BlockQ8_0* x, float* acc) {
-    avx2::qdot4(w, x, acc, avx2::q8_0_codes, qdot32);
-  }
-  static void qdot4_q4_0(const std::uint8_t* const* w, const BlockQ8_0* x, float* acc) {
-    avx2::qdot4(w, x, acc, avx2::q4_0_codes, qdot32);
+  template <Index kBlockBytes>
+  static void qdot4(const std::uint8_t* const* r, Index at, const BlockQ8_0* x, QAcc* acc) {
+    avx2::qdot4<kBlockBytes>(r, at, x, acc, qdot32);
   }
 };
 
