@@ -94,8 +94,8 @@ int main(int argc, char** argv) {
                                   layer.local().output().weight().size()) *
                            4;
     const double kv = double(cache.bytes_per_token()) * double(ctx);
-    double worst = med;  // the step ends when the slowest rank's does
-    comm.allreduce_sum(&worst, 1);
+    double sum_steps = med;  // over ranks, for their mean
+    comm.allreduce_sum(&sum_steps, 1);
     if (comm.rank() == 0) {
       std::printf(
           "ctx %5ld: step %.3f ms (median of %zu), %.0f tokens/s, per rank %.1f MB weights + %.1f "
@@ -103,7 +103,7 @@ int main(int argc, char** argv) {
           "cache (%.2f of the read bandwidth), all-reduce exchange %.3f ms, mean step over "
           "ranks %.3f ms\n",
           long(ctx), med * 1e3, step.size(), 1.0 / med, weights / 1e6, kv / 1e6,
-          (weights + kv) / med / bandwidth, med_x * 1e3, worst / comm.size() * 1e3);
+          (weights + kv) / med / bandwidth, med_x * 1e3, sum_steps / comm.size() * 1e3);
     }
   }
   MPI_Finalize();

@@ -36,7 +36,8 @@ void usage(const char* argv0) {
                "usage: %s MODEL.bin --prompts FILE [options]\n"
                "  -z PATH             tokenizer (prompts are text; without it, ids)\n"
                "  --prompts FILE      one prompt per line\n"
-               "  -n N                positions per sequence, BOS included (default: seq_len)\n"
+               "  -n N                positions per sequence, BOS included (default: seq_len;\n"
+               "                      a GGUF file's context_length, at most 4096)\n"
                "  --max-batch B       sequences running at once (default 16)\n"
                "  --blocks N          blocks in the KV pool (default: max-batch sequences of N)\n"
                "  --block-tokens N    positions per block, a multiple of 16 (default 16)\n"
@@ -153,7 +154,8 @@ int run(const Options& opt) {
     tok = std::make_unique<kvattn::Tokenizer>(
         kvattn::read_llama2c_tokenizer(opt.tokenizer, int(c.vocab_size)));
   }
-  const long steps = opt.steps == 0 ? long(c.seq_len) : opt.steps;
+  const long default_steps = file.gguf ? std::min<long>(c.seq_len, 4096) : long(c.seq_len);
+  const long steps = opt.steps == 0 ? default_steps : opt.steps;
   if (steps > c.seq_len && !file.gguf) {  // GGUF: context_length is advice
     std::fprintf(stderr, "batch_generate: -n %ld exceeds the model's seq_len %ld\n", steps,
                  long(c.seq_len));

@@ -1,16 +1,18 @@
 // generate: run a llama2.c checkpoint or a Llama GGUF file with kvattn.
 //
-//   generate MODEL.bin [-z TOKENIZER.bin] [-n N] [-t T] [-p P] [-s SEED]
+//   generate MODEL.bin|MODEL.gguf [-z TOKENIZER.bin] [-n N] [-t T] [-p P] [-s SEED]
 //            [-i TEXT | --prompt-ids "ID ID ..."] [--print-ids] [--no-cache]
 //            [--weights f32|bf16|f16]
 //
 // BOS (id 1) is put first; the prompt is processed with one batched prefill,
 // then one step per token. Position p yields the token for position p + 1:
 // the prompt's own next token while inside the prompt, the sampler's choice
-// after it. Generation stops when the model produces BOS or after N positions.
+// after it. Generation stops when the model produces BOS (or a GGUF file's
+// EOS id) or after N positions.
 #include <kvattn/io/model_file.hpp>
 #include <kvattn/kvattn.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -25,24 +27,26 @@
 namespace {
 
 void usage(const char* argv0) {
-  std::fprintf(stderr,
-               "usage: %s MODEL.bin [options]\n"
-               "  -z PATH            tokenizer file (without it, output is ids)\n"
-               "  -n N               positions run through the model, BOS included\n"
-               "                     (default and maximum: the model's seq_len)\n"
-               "  -t T               temperature, 0 = greedy (default 0)\n"
-               "  -p P               top-p in (0, 1] (default 0.9)\n"
-               "  -s SEED            random seed (default: time)\n"
-               "  -i TEXT            prompt text (needs -z, or a GGUF file's tokenizer)\n"
-               "  --prompt-ids IDS   prompt as ids, e.g. \"368 430 281\"\n"
-               "  --print-ids        print each token id after BOS, one per line\n"
-               "  --no-cache         recompute the whole sequence every step (slow)\n"
-               "  --weights W        keep the matrices as f32 (default), bf16 or f16\n"
-               "                     (16 bits: half the bytes a step reads; logits move\n"
-               "                     by the rounding, see the README)\n"
-               "  --save-state FILE  at the end, save the state (caches and tokens) to FILE\n"
-               "  --load-state FILE  resume a saved state (the prompt options are ignored)\n",
-               argv0);
+  std::fprintf(
+      stderr,
+      "usage: %s MODEL.bin [options]\n"
+      "  -z PATH            tokenizer file (without it, output is ids)\n"
+      "  -n N               positions run through the model, BOS included\n"
+      "                     (default: seq_len; a GGUF file's context_length, at most 4096)\n"
+      "                     (default and maximum: the model's seq_len)\n"
+      "  -t T               temperature, 0 = greedy (default 0)\n"
+      "  -p P               top-p in (0, 1] (default 0.9)\n"
+      "  -s SEED            random seed (default: time)\n"
+      "  -i TEXT            prompt text (needs -z, or a GGUF file's tokenizer)\n"
+      "  --prompt-ids IDS   prompt as ids, e.g. \"368 430 281\"\n"
+      "  --print-ids        print each token id after BOS, one per line\n"
+      "  --no-cache         recompute the whole sequence every step (slow)\n"
+      "  --weights W        keep the matrices as f32 (default), bf16 or f16\n"
+      "                     (16 bits: half the bytes a step reads; logits move\n"
+      "                     by the rounding, see the README)\n"
+      "  --save-state FILE  at the end, save the state (caches and tokens) to FILE\n"
+      "  --load-state FILE  resume a saved state (the prompt options are ignored)\n",
+      argv0);
   std::exit(2);
 }
 
@@ -186,7 +190,10 @@ int run(Model& model, const Options& opt, Extras& extras, const char* argv0) {
       std::fprintf(stderr, "-i needs a tokenizer (-z, or a GGUF file's own)\n");
       usage(argv0);
     }
-    const long steps = opt.steps == 0 ? long(c.seq_len) : opt.steps;
+    // The KV cache is allocated for every position up front: a GGUF file's
+    // context_length (128 k for some) is not a default to allocate for.
+    const long default_steps = extras.gguf ? std::min<long>(c.seq_len, 4096) : long(c.seq_len);
+    const long steps = opt.steps == 0 ? default_steps : opt.steps;
     if (steps > c.seq_len && !extras.gguf) {
       std::fprintf(stderr, "-n %ld exceeds the model's seq_len %ld\n", steps, long(c.seq_len));
       usage(argv0);

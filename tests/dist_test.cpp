@@ -173,9 +173,28 @@ TEST_P(ShardedLlamaTest, SavedSlicesResume) {
   std::stringstream slice;
   state.save(slice);
   auto resumed = model.make_state(64);
-  resumed.load(slice, "slice");
+  model.load_state(resumed, slice, "slice");
   ASSERT_EQ(resumed.pos(), 4);
   for (int t : {5, 6, 7}) EXPECT_EQ(model.step(t, state), model.step(t, resumed));
+  if (comm().size() == 1) return;
+  // Slices saved at different positions (the last rank's one token behind),
+  // and a slice one rank cannot read: every rank throws, no state changes.
+  std::stringstream uneven;
+  auto behind = model.make_state(64);
+  model.prefill({1, 20, 30, 40}, behind);
+  if (comm().rank() == comm().size() - 1) behind.truncate(3);
+  behind.save(uneven);
+  auto target = model.make_state(64);
+  model.prefill({1, 9}, target);
+  test::expect_throw_with<std::runtime_error>(
+      [&] { model.load_state(target, uneven, "uneven"); },
+      {"ShardedLlama::load_state: the slices hold different positions: rank 0 has 4, rank"});
+  EXPECT_EQ(target.pos(), 2);
+  std::stringstream broken(comm().rank() == 0 ? std::string("not a state") : slice.str());
+  test::expect_throw_with<std::runtime_error>(
+      [&] { model.load_state(target, broken, "broken"); },
+      {"ShardedLlama::load_state: rank 0 could not load its slice"});
+  EXPECT_EQ(target.pos(), 2);
 }
 
 INSTANTIATE_TEST_SUITE_P(Shared, ShardedLlamaTest,

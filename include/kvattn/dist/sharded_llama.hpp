@@ -19,6 +19,7 @@
 #include <kvattn/models/llama.hpp>
 
 #include <fstream>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -107,6 +108,41 @@ class ShardedLlama {
           l.attention.template make_cache<Storage>(capacity > 0 ? capacity : config_.seq_len));
     }
     return s;
+  }
+
+  /// Restores on every rank at once the slices each rank saved with
+  /// ShardedLlamaState::save. If any rank's slice does not load, or the
+  /// ranks' slices hold different positions, every rank throws
+  /// std::runtime_error naming the rank and the reason, and every state is
+  /// left as it was (a collective: every rank must call it).
+  template <class Storage>
+  void load_state(ShardedLlamaState<T, Storage>& state, std::istream& in,
+                  const std::string& what = "stream") const {
+    ShardedLlamaState<T, Storage> fresh = make_state<Storage>(state.capacity());
+    std::string error;
+    try {
+      fresh.load(in, what);
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+    constexpr uint64_t kFailed = ~uint64_t(0);
+    const std::vector<uint64_t> pos =
+        comm_->gather_values(error.empty() ? uint64_t(fresh.pos()) : kFailed);
+    for (size_t r = 0; r < pos.size(); ++r) {
+      if (pos[r] == kFailed) {
+        throw std::runtime_error(detail::concat("ShardedLlama::load_state: rank ", r,
+                                                " could not load its slice",
+                                                int(r) == comm_->rank() ? ": " + error : ""));
+      }
+    }
+    for (size_t r = 1; r < pos.size(); ++r) {
+      if (pos[r] != pos[0]) {
+        throw std::runtime_error(detail::concat(
+            "ShardedLlama::load_state: the slices hold different positions: rank 0 has ", pos[0],
+            ", rank ", r, " has ", pos[r]));
+      }
+    }
+    state = std::move(fresh);
   }
 
   /// A prompt in one batched pass; the logits after its last token, on every rank.

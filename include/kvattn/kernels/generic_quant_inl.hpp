@@ -24,10 +24,11 @@ void gemv_q(const std::uint8_t* w, Index row_bytes, Index rows, const BlockQ8_0*
     const std::uint8_t* r[4];
     for (Index k = 0; k < 4; ++k) r[k] = w + (i0 + std::min(k, nr - 1)) * row_bytes;
     typename V::QAcc acc[4] = {V::qzero(), V::qzero(), V::qzero(), V::qzero()};
+    const Index last = n_blocks * kBlockBytes - 1;  // hints stay inside the row
     for (Index b = 0; b < n_blocks; ++b) {
       const Index at = b * kBlockBytes;
       if (b % 2 == 0) {  // about one hint per cache line and row, kQuantAhead bytes ahead
-        for (int k = 0; k < 4; ++k) V::prefetch(r[k] + at + kQuantAhead);
+        for (int k = 0; k < 4; ++k) V::prefetch(r[k] + std::min(at + kQuantAhead, last));
       }
       V::template qdot4<kBlockBytes>(r, at, x + b, acc);
     }

@@ -103,7 +103,9 @@ using GemmFn = void (*)(const W* w, Index ws, Index rows, Index in, const float*
 inline constexpr Index kQuantBlock = 32;
 inline constexpr Index kQ8_0Bytes = 34, kQ4_0Bytes = 18;
 
-/// An activation vector's block in Q8_0 (codes in [-127, 127]).
+/// An activation vector's block in Q8_0. Codes must lie in [-127, 127]
+/// (as quantize_q8_0 writes them): the x86 kernels take x's sign from the
+/// weights' and a -128 would wrap.
 struct BlockQ8_0 {
   std::uint16_t d = 0;  ///< IEEE half bits
   std::int8_t qs[kQuantBlock] = {};
