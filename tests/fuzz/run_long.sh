@@ -4,6 +4,7 @@
 # releases:
 #
 #   tests/fuzz/run_long.sh TARGET SECONDS [JOBS]
+#   KVATTN_FUZZ_RUNS=10000000 tests/fuzz/run_long.sh TARGET 1800   # whichever ends first
 #
 # TARGET: checkpoint, tokenizer, cache_load, state_load, attention or gguf.
 # Inputs: tests/fuzz/corpus/TARGET (the kept corpus), the seeds make_seeds
@@ -44,14 +45,18 @@ regressions=tests/fuzz/regressions/$target
 mkdir -p "$corpus" "$regressions" "$work/run"
 cp "$corpus"/* "$work/run/" 2>/dev/null || true
 status=0
+parallel=()
+[ "$jobs" -gt 1 ] && parallel=(-jobs="$jobs" -workers="$jobs")  # logs in fuzz-N.log
 "$build/tests/fuzz/fuzz_$target" "$work/run" "$work/seeds/$seeds" "$regressions" \
-  -max_total_time="$seconds" -max_len=$max_len -jobs="$jobs" -workers="$jobs" -print_final_stats=1 \
-  -artifact_prefix="$regressions/" || status=$?
+  -max_total_time="$seconds" -runs="${KVATTN_FUZZ_RUNS:--1}" -max_len=$max_len "${parallel[@]}" \
+  -print_final_stats=1 -artifact_prefix="$regressions/" || status=$?
 # Keep a minimized corpus: the smallest set of inputs that covers what this run reached.
 mkdir -p "$work/merged"
-# The kept inputs are cut to 16 KB (the whole shared models come back as seeds each run).
-"$build/tests/fuzz/fuzz_$target" -merge=1 "$work/merged" "$corpus" "$work/run" -max_len=16384 >/dev/null 2>&1
+# Edges only (-use_counters=0) and inputs cut to 8 KB keep it small (the whole
+# shared models come back as seeds each run).
+"$build/tests/fuzz/fuzz_$target" -merge=1 -use_counters=0 "$work/merged" "$corpus" "$work/run" \
+  -max_len=8192 >/dev/null 2>&1
 rm -f "$corpus"/*
 cp "$work/merged"/* "$corpus/" 2>/dev/null || true
-echo "corpus $corpus: $(ls "$corpus" | wc -l) inputs, $(du -sk "$corpus" | cut -f1) KB"
+echo "corpus $corpus: $(ls "$corpus" | wc -l) inputs, $(cat "$corpus"/* 2>/dev/null | wc -c) bytes"
 exit $status
