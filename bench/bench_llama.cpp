@@ -7,7 +7,9 @@
 //   BM_PlainDecode/model       plain C: one token per call, the same positions
 //   BM_PlainDecodeOfast/model  the same C built with -Ofast (llama2.c's "runfast")
 //   BM_LlamaPrefill/model      kvattn: the same tokens as one batched prefill
-//   BM_GgufDecode/file         kvattn decode of aidreams260K's GGUF files by weight type
+//   BM_GgufDecode/file/stored  kvattn decode of aidreams260K's GGUF files by weight type,
+//                              stored = 1: the matrices as the file stores them
+//                              (Llama<float, Stored>), 0: decoded to float at load
 //
 // model 0 = aidreams260K.bin (MHA, 128 positions), 1 = stories260K.bin (GQA, 256).
 // One thread.
@@ -98,8 +100,7 @@ void BM_LlamaPrefill(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations() * n);
 }
 
-// The GGUF files llama.cpp wrote from aidreams260K.bin, one per weight type
-// (weights decoded to float at load for now: docs/gguf.md).
+// The GGUF files llama.cpp wrote from aidreams260K.bin, one per weight type.
 const char* const kGgufFiles[] = {"f32", "f16", "bf16", "q8_0", "q4_0"};
 
 void BM_GgufDecode(benchmark::State& state) {
@@ -109,16 +110,25 @@ void BM_GgufDecode(benchmark::State& state) {
     state.SkipWithError(("shared GGUF file not found: " + path).c_str());
     return;
   }
-  kvattn::Llama<float> model(kvattn::read_model_file<float>(path).weights);
-  const int n = kModels[0].positions;
-  const std::vector<int> seq = tokens(n, int(model.config().vocab_size));
-  kvattn::LlamaState<float> s = model.make_state(n);
-  for (auto _ : state) {
-    s.clear();
-    for (int p = 0; p < n; ++p) benchmark::DoNotOptimize(model.step(seq[size_t(p)], s).data());
+  auto decode = [&state](auto& model) {
+    const int n = kModels[0].positions;
+    const std::vector<int> seq = tokens(n, int(model.config().vocab_size));
+    kvattn::LlamaState<float> s = model.make_state(n);
+    for (auto _ : state) {
+      s.clear();
+      for (int p = 0; p < n; ++p) benchmark::DoNotOptimize(model.step(seq[size_t(p)], s).data());
+    }
+    state.SetItemsProcessed(state.iterations() * n);
+  };
+  if (state.range(1) != 0) {
+    kvattn::Llama<float, kvattn::Stored> model(kvattn::read_model_file_stored(path).weights);
+    decode(model);
+  } else {
+    kvattn::Llama<float> model(kvattn::read_model_file<float>(path).weights);
+    decode(model);
   }
-  state.SetItemsProcessed(state.iterations() * n);
-  state.SetLabel(kGgufFiles[state.range(0)]);
+  state.SetLabel(std::string(kGgufFiles[state.range(0)]) +
+                 (state.range(1) != 0 ? " as stored" : " decoded to f32"));
 }
 
 }  // namespace
@@ -126,7 +136,10 @@ void BM_GgufDecode(benchmark::State& state) {
 BENCHMARK(BM_LlamaDecode)->ArgName("model")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_PlainDecode)->ArgName("model")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_PlainDecodeOfast)->ArgName("model")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond);
-BENCHMARK(BM_GgufDecode)->ArgName("file")->DenseRange(0, 4)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_GgufDecode)
+    ->ArgNames({"file", "stored"})
+    ->ArgsProduct({{0, 1, 2, 3, 4}, {0, 1}})
+    ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_LlamaPrefill)->ArgName("model")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond);
 
 BENCHMARK_MAIN();

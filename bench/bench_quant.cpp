@@ -7,6 +7,14 @@
 // bytes as stored per second over the read bandwidth measured in this run
 // with the same thread count.
 //
+// BM_ModelDecode/weights/threads: one decode step of a whole model through
+// Llama<float, Stored>, TinyLlama-shaped (d_model 2048, hidden 5632, GQA
+// 32/4, vocab 32000) but 4 layers instead of 22 (setup memory and time),
+// random weights encoded by to_stored as f32, f16, bf16, q8_0 or q4_0; the
+// cache holds 16-200 positions. items/s = tokens/s; `read_fraction` as above,
+// over every matrix a step reads (the classifier included, the embedding row
+// not).
+//
 //   for i in 1 2 3; do ./build/bench/bench_quant; done   # quote the medians of the runs
 #include <kvattn/kvattn.hpp>
 #include <kvattn/ops/quant_linear.hpp>
@@ -15,6 +23,8 @@
 
 #include <array>
 #include <cstring>
+#include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -126,8 +136,88 @@ void args(benchmark::internal::Benchmark* b) {
     for (int kind : {kQ8_0, kQ4_0, kBf16, kF32}) b->Args({kind, threads});
 }
 
+// The TinyLlama-shaped model of BM_ModelDecode, one per weight type, built at first use.
+kvattn::Llama<float, kvattn::Stored>& tiny_model(uint32_t type) {
+  static std::map<uint32_t, std::unique_ptr<kvattn::Llama<float, kvattn::Stored>>> models;
+  std::unique_ptr<kvattn::Llama<float, kvattn::Stored>>& m = models[type];
+  if (m) return *m;
+  kvattn::LlamaWeights<float> w;
+  kvattn::LlamaConfig& c = w.config;
+  c.dim = 2048, c.hidden_dim = 5632, c.n_layers = 4, c.n_heads = 32, c.n_kv_heads = 4;
+  c.vocab_size = 32000, c.seq_len = 256;
+  uint64_t seed = 100;
+  auto random = [&seed](Index rows, Index cols) {
+    kvattn::RowMatrix<float> r(rows, cols);
+    bench::fill(r.data(), r.size(), 0.02f, seed++);
+    return r;
+  };
+  const Index kv = c.n_kv_heads * c.head_dim();
+  w.token_embedding = random(c.vocab_size, c.dim);
+  for (Index l = 0; l < c.n_layers; ++l) {
+    kvattn::LlamaLayerWeights<float> lw;
+    lw.attention_norm = kvattn::Vector<float>::Ones(c.dim);
+    lw.ffn_norm = kvattn::Vector<float>::Ones(c.dim);
+    lw.attention.wq = random(c.dim, c.dim);
+    lw.attention.wk = random(kv, c.dim);
+    lw.attention.wv = random(kv, c.dim);
+    lw.attention.wo = random(c.dim, c.dim);
+    lw.w1 = random(c.hidden_dim, c.dim);
+    lw.w2 = random(c.dim, c.hidden_dim);
+    lw.w3 = random(c.hidden_dim, c.dim);
+    w.layers.push_back(std::move(lw));
+  }
+  w.final_norm = kvattn::Vector<float>::Ones(c.dim);
+  w.classifier = random(c.vocab_size, c.dim);
+  m = std::make_unique<kvattn::Llama<float, kvattn::Stored>>(kvattn::to_stored(std::move(w), type));
+  return *m;
+}
+
+// Bytes of weights one decode step reads: every matrix but the embedding.
+double step_bytes(uint32_t type) {
+  const double per_value = type == kvattn::ggml::F32    ? 4
+                           : type == kvattn::ggml::Q8_0 ? 34.0 / 32
+                           : type == kvattn::ggml::Q4_0 ? 18.0 / 32
+                                                        : 2;
+  const double d = 2048, h = 5632, kv = 512, vocab = 32000;
+  return per_value * (4 * (2 * d * d + 2 * kv * d + 3 * h * d) + vocab * d);
+}
+
+const uint32_t kModelTypes[] = {kvattn::ggml::F32, kvattn::ggml::F16, kvattn::ggml::BF16,
+                                kvattn::ggml::Q8_0, kvattn::ggml::Q4_0};
+
+void BM_ModelDecode(benchmark::State& state) {
+  const uint32_t type = kModelTypes[state.range(0)];
+  const int threads = int(state.range(1));
+  bench::set_threads(threads);
+  kvattn::Llama<float, kvattn::Stored>& model = tiny_model(type);
+  kvattn::LlamaState<float> s = model.make_state(256);
+  const std::vector<int> prompt = {1, 400, 1234, 9000, 17, 31000, 5,  6,
+                                   7, 8,   9,    10,   11, 12,    13, 14};
+  model.prefill(prompt, s);
+  int token = 42;
+  for (auto _ : state) {
+    if (s.pos() >= 200) s.truncate(16);
+    benchmark::DoNotOptimize(model.step(token, s).data());
+    token = (token * 37 + 11) % 32000;
+  }
+  state.SetItemsProcessed(state.iterations());
+  state.SetLabel(kvattn::ggml_type_name(type));
+  const double bw = bench::read_bandwidth(threads);
+  if (bw > 0) {
+    state.counters["read_fraction"] =
+        benchmark::Counter(step_bytes(type) / bw, benchmark::Counter::kIsIterationInvariantRate);
+  }
+}
+
+void model_args(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"weights", "threads"})->Unit(benchmark::kMillisecond)->UseRealTime();
+  for (int threads : {1, 2})
+    for (int kind = 0; kind < 5; ++kind) b->Args({kind, threads});
+}
+
 }  // namespace
 
 BENCHMARK(bench::BM_ReadBandwidth)->Apply(bench::read_bandwidth_args);
 BENCHMARK(BM_LayerProducts)->Apply(args);
+BENCHMARK(BM_ModelDecode)->Apply(model_args);
 BENCHMARK_MAIN();

@@ -144,9 +144,10 @@ std::vector<std::vector<int>> read_prompts(const std::string& path, const kvattn
   return prompts;
 }
 
-int run(const Options& opt) {
-  kvattn::ModelFile<float> file = kvattn::read_model_file<float>(opt.model);
-  kvattn::Llama<float> model(std::move(file.weights));
+// A GGUF file's matrices are kept as stored (Q8_0, Q4_0, F16 ...), as generate keeps them.
+template <class Weight, class M>
+int run_with(kvattn::ModelFile<float, M> file, const Options& opt) {
+  kvattn::Llama<float, Weight> model(std::move(file.weights));
   const kvattn::LlamaConfig& c = model.config();
   std::unique_ptr<kvattn::Tokenizer> tok;
   if (file.tokenizer) tok = std::make_unique<kvattn::Tokenizer>(std::move(*file.tokenizer));
@@ -255,6 +256,13 @@ int run(const Options& opt) {
                  blocks, per_seq, steps, waited);
   }
   return 0;
+}
+
+int run(const Options& opt) {
+  if (kvattn::is_gguf_file(opt.model)) {
+    return run_with<kvattn::Stored>(kvattn::read_model_file_stored(opt.model), opt);
+  }
+  return run_with<float>(kvattn::read_model_file<float>(opt.model), opt);
 }
 
 }  // namespace

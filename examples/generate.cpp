@@ -2,7 +2,7 @@
 //
 //   generate MODEL.bin|MODEL.gguf [-z TOKENIZER.bin] [-n N] [-t T] [-p P] [-s SEED]
 //            [-i TEXT | --prompt-ids "ID ID ..."] [--print-ids] [--no-cache]
-//            [--weights f32|bf16|f16]
+//            [--weights stored|f32|bf16|f16|q8_0|q4_0]
 //
 // BOS (id 1) is put first; the prompt is processed with one batched prefill,
 // then one step per token. Position p yields the token for position p + 1:
@@ -41,9 +41,11 @@ void usage(const char* argv0) {
       "  --prompt-ids IDS   prompt as ids, e.g. \"368 430 281\"\n"
       "  --print-ids        print each token id after BOS, one per line\n"
       "  --no-cache         recompute the whole sequence every step (slow)\n"
-      "  --weights W        keep the matrices as f32 (default), bf16 or f16\n"
-      "                     (16 bits: half the bytes a step reads; logits move\n"
-      "                     by the rounding, see the README)\n"
+      "  --weights W        keep the matrices as stored in the file (default for\n"
+      "                     GGUF: its Q8_0, Q4_0, F16 ... multiplied as stored),\n"
+      "                     f32 (default for llama2.c files), bf16 or f16, or\n"
+      "                     quantized at load to q8_0 or q4_0 (fewer bytes a step\n"
+      "                     reads; logits move by the rounding, see the README)\n"
       "  --save-state FILE  at the end, save the state (caches and tokens) to FILE\n"
       "  --load-state FILE  resume a saved state (the prompt options are ignored)\n",
       argv0);
@@ -63,7 +65,7 @@ bool parse_double(const char* s, double& out) {
 
 struct Options {
   std::string model, tokenizer, prompt_text, prompt_ids, save_state, load_state;
-  std::string weights = "f32";
+  std::string weights;  // empty: stored for GGUF files, f32 otherwise
   long steps = 0;
   double temperature = 0.0, top_p = 0.9;
   unsigned long long seed = 0;
@@ -110,7 +112,9 @@ Options parse(int argc, char** argv) {
       o.no_cache = true;
     } else if (a == "--weights") {
       o.weights = value();
-      if (o.weights != "f32" && o.weights != "bf16" && o.weights != "f16") usage(argv[0]);
+      if (o.weights != "stored" && o.weights != "f32" && o.weights != "bf16" &&
+          o.weights != "f16" && o.weights != "q8_0" && o.weights != "q4_0")
+        usage(argv[0]);
     } else if (a == "--save-state") {
       o.save_state = value();
     } else if (a == "--load-state") {
@@ -296,17 +300,47 @@ int run(Model& model, const Options& opt, Extras& extras, const char* argv0) {
   }
 }
 
+// The tokenizer and stop id a model file brings.
+template <class M>
+Extras extras_of(kvattn::ModelFile<float, M>& file) {
+  Extras extras;
+  if (file.tokenizer)
+    extras.tokenizer = std::make_unique<kvattn::Tokenizer>(std::move(*file.tokenizer));
+  extras.eos = file.eos;
+  extras.gguf = file.gguf;
+  return extras;
+}
+
+// Weights kept as StoredMatrix: as the file stores them, or quantized at load.
+int run_stored(const Options& opt, const char* argv0) {
+  const bool quantize = opt.weights == "q8_0" || opt.weights == "q4_0";
+  kvattn::ModelFile<float, kvattn::StoredMatrix> file;
+  if (quantize) {
+    kvattn::ModelFile<float> dense = kvattn::read_model_file<float>(opt.model);
+    file.weights = kvattn::to_stored(
+        std::move(dense.weights), opt.weights == "q8_0" ? kvattn::ggml::Q8_0 : kvattn::ggml::Q4_0);
+    file.tokenizer = std::move(dense.tokenizer);
+    file.eos = dense.eos;
+    file.gguf = dense.gguf;
+  } else {
+    file = kvattn::read_model_file_stored(opt.model);
+  }
+  Extras extras = extras_of(file);
+  kvattn::Llama<float, kvattn::Stored> model(std::move(file.weights));
+  return run(model, opt, extras, argv0);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   const Options opt = parse(argc, argv);
   try {
+    if (opt.weights == "stored" || opt.weights == "q8_0" || opt.weights == "q4_0" ||
+        (opt.weights.empty() && kvattn::is_gguf_file(opt.model))) {
+      return run_stored(opt, argv[0]);
+    }
     kvattn::ModelFile<float> file = kvattn::read_model_file<float>(opt.model);
-    Extras extras;
-    if (file.tokenizer)
-      extras.tokenizer = std::make_unique<kvattn::Tokenizer>(std::move(*file.tokenizer));
-    extras.eos = file.eos;
-    extras.gguf = file.gguf;
+    Extras extras = extras_of(file);
     kvattn::LlamaWeights<float> weights = std::move(file.weights);
     if (opt.weights == "bf16") {
       kvattn::Llama<float, Eigen::bfloat16> model(std::move(weights));

@@ -495,62 +495,7 @@ TEST(GgufSharedFiles, TokenizersAreTok512) {
 // the reference's, not necessarily llama.cpp's -- docs/gguf.md.)
 // ---------------------------------------------------------------------------
 
-#include "llama_reference.hpp"
-
-namespace {
-
-reference::LlamaFile reference_of(const kvattn::LlamaWeights<float>& w) {
-  const kvattn::LlamaConfig& c = w.config;
-  reference::LlamaFile f{int(c.dim),
-                         int(c.hidden_dim),
-                         int(c.n_layers),
-                         int(c.n_heads),
-                         int(c.n_kv_heads),
-                         int(c.vocab_size),
-                         int(c.seq_len),
-                         w.classifier.size() == 0,
-                         {},
-                         0,
-                         0,
-                         0,
-                         0,
-                         0,
-                         0,
-                         0,
-                         0,
-                         0,
-                         0,
-                         0,
-                         0};
-  auto put = [&](const float* p, Eigen::Index n) {
-    const size_t at = f.w.size();
-    f.w.insert(f.w.end(), p, p + n);
-    return at;
-  };
-  auto per_layer = [&](auto member) {
-    size_t at = f.w.size();
-    for (const auto& l : w.layers) {
-      const auto& m = member(l);
-      put(m.data(), m.size());
-    }
-    return at;
-  };
-  f.emb = put(w.token_embedding.data(), w.token_embedding.size());
-  f.rms_att = per_layer([](const auto& l) -> const auto& { return l.attention_norm; });
-  f.wq = per_layer([](const auto& l) -> const auto& { return l.attention.wq; });
-  f.wk = per_layer([](const auto& l) -> const auto& { return l.attention.wk; });
-  f.wv = per_layer([](const auto& l) -> const auto& { return l.attention.wv; });
-  f.wo = per_layer([](const auto& l) -> const auto& { return l.attention.wo; });
-  f.rms_ffn = per_layer([](const auto& l) -> const auto& { return l.ffn_norm; });
-  f.w1 = per_layer([](const auto& l) -> const auto& { return l.w1; });
-  f.w2 = per_layer([](const auto& l) -> const auto& { return l.w2; });
-  f.w3 = per_layer([](const auto& l) -> const auto& { return l.w3; });
-  f.rms_final = put(w.final_norm.data(), w.final_norm.size());
-  f.cls = f.shared ? f.emb : put(w.classifier.data(), w.classifier.size());
-  return f;
-}
-
-}  // namespace
+#include "gguf_reference.hpp"
 
 TEST(GgufAgreement, EveryFileMatchesTheDoubleReferenceOnItsOwnWeights) {
   const std::string dir = test::model_path("gguf");
@@ -562,7 +507,7 @@ TEST(GgufAgreement, EveryFileMatchesTheDoubleReferenceOnItsOwnWeights) {
       const std::string path = dir + "/" + model + "-" + type + ".gguf";
       const kvattn::GgufFile file = kvattn::GgufFile::open(path);
       const kvattn::LlamaWeights<float> w = kvattn::gguf_llama_weights<float>(file);
-      const reference::LlamaFile ref = reference_of(w);
+      const reference::LlamaFile ref = test::reference_of(w);
       kvattn::Llama<float> llama(w);
       double worst = 0;  // max |kvattn - reference| / scale over both runs
       int checked = 0, positions = 0;

@@ -4,6 +4,7 @@
 // itself, keeps no cache and recomputes the whole sequence. It returns the
 // logits after every token: [n][vocab].
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <fstream>
@@ -19,7 +20,44 @@ struct LlamaFile {
   std::vector<double> w;  // every float after the header, as double
   // offsets into w
   size_t emb, rms_att, wq, wk, wv, wo, rms_ffn, w1, w2, w3, rms_final, cls;
+  // Products whose input is first rounded to Q8_0 blocks, as llama.cpp
+  // multiplies Q8_0 / Q4_0 weights: a mask of the Q8 bits below.
+  unsigned q8 = 0;
 };
+
+enum : unsigned {
+  kQ8Wq = 1,
+  kQ8Wk = 2,
+  kQ8Wv = 4,
+  kQ8Wo = 8,
+  kQ8W1 = 16,
+  kQ8W2 = 32,
+  kQ8W3 = 64,
+  kQ8Cls = 128
+};
+
+// x rounded to IEEE half precision (round to nearest even; no overflow here).
+inline double round_half(double x) {
+  if (x == 0) return 0;
+  int e = 0;
+  std::frexp(x, &e);                       // |x| in [2^(e-1), 2^e)
+  const int step = std::max(e - 11, -24);  // 11 significant bits; subnormal step 2^-24
+  return std::ldexp(std::nearbyint(std::ldexp(x, -step)), step);
+}
+
+// x as Q8_0 blocks give it back: per 32 values, codes round(x * 127 / max|x|)
+// times the scale max|x| / 127 rounded to half.
+inline std::vector<double> q8_round(const std::vector<double>& x) {
+  std::vector<double> y(x.size(), 0.0);
+  for (size_t b = 0; b + 32 <= x.size(); b += 32) {
+    double amax = 0;
+    for (size_t j = b; j < b + 32; ++j) amax = std::max(amax, std::abs(x[j]));
+    if (amax == 0) continue;
+    const double d = round_half(amax / 127);
+    for (size_t j = b; j < b + 32; ++j) y[j] = std::nearbyint(x[j] * 127 / amax) * d;
+  }
+  return y;
+}
 
 inline LlamaFile read_llama(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -69,6 +107,12 @@ inline std::vector<double> matvec(const LlamaFile& f, size_t at, size_t rows, si
   return y;
 }
 
+// matvec, the input first rounded to Q8_0 when f.q8 has `bit`.
+inline std::vector<double> matvec_as(const LlamaFile& f, unsigned bit, size_t at, size_t rows,
+                                     size_t cols, const std::vector<double>& x) {
+  return matvec(f, at, rows, cols, (f.q8 & bit) != 0 ? q8_round(x) : x);
+}
+
 inline std::vector<double> rmsnorm(const LlamaFile& f, size_t at, const std::vector<double>& x) {
   double ss = 0;
   for (double e : x) ss += e * e;
@@ -101,9 +145,9 @@ inline std::vector<std::vector<double>> llama_logits(const LlamaFile& f,
     std::vector<std::vector<double>> q(n), k(n), v(n);
     for (size_t t = 0; t < n; ++t) {
       const std::vector<double> xb = rmsnorm(f, f.rms_att + l * dim, x[t]);
-      q[t] = matvec(f, f.wq + l * dim * dim, dim, dim, xb);
-      k[t] = matvec(f, f.wk + l * kv * dim, kv, dim, xb);
-      v[t] = matvec(f, f.wv + l * kv * dim, kv, dim, xb);
+      q[t] = matvec_as(f, kQ8Wq, f.wq + l * dim * dim, dim, dim, xb);
+      k[t] = matvec_as(f, kQ8Wk, f.wk + l * kv * dim, kv, dim, xb);
+      v[t] = matvec_as(f, kQ8Wv, f.wv + l * kv * dim, kv, dim, xb);
       rope(q[t], t);
       rope(k[t], t);
     }
@@ -124,21 +168,21 @@ inline std::vector<std::vector<double>> llama_logits(const LlamaFile& f,
           for (size_t d = 0; d < hs; ++d) heads[h * hs + d] += s[j] / sum * v[j][kvh * hs + d];
         }
       }
-      const std::vector<double> o = matvec(f, f.wo + l * dim * dim, dim, dim, heads);
+      const std::vector<double> o = matvec_as(f, kQ8Wo, f.wo + l * dim * dim, dim, dim, heads);
       for (size_t i = 0; i < dim; ++i) x[t][i] += o[i];
     }
     for (size_t t = 0; t < n; ++t) {
       const std::vector<double> xb = rmsnorm(f, f.rms_ffn + l * dim, x[t]);
-      std::vector<double> h1 = matvec(f, f.w1 + l * hid * dim, hid, dim, xb);
-      const std::vector<double> h3 = matvec(f, f.w3 + l * hid * dim, hid, dim, xb);
+      std::vector<double> h1 = matvec_as(f, kQ8W1, f.w1 + l * hid * dim, hid, dim, xb);
+      const std::vector<double> h3 = matvec_as(f, kQ8W3, f.w3 + l * hid * dim, hid, dim, xb);
       for (size_t i = 0; i < hid; ++i) h1[i] = h1[i] / (1.0 + std::exp(-h1[i])) * h3[i];
-      const std::vector<double> down = matvec(f, f.w2 + l * dim * hid, dim, hid, h1);
+      const std::vector<double> down = matvec_as(f, kQ8W2, f.w2 + l * dim * hid, dim, hid, h1);
       for (size_t i = 0; i < dim; ++i) x[t][i] += down[i];
     }
   }
   std::vector<std::vector<double>> logits(n);
   for (size_t t = 0; t < n; ++t) {
-    logits[t] = matvec(f, f.cls, size_t(f.vocab), dim, rmsnorm(f, f.rms_final, x[t]));
+    logits[t] = matvec_as(f, kQ8Cls, f.cls, size_t(f.vocab), dim, rmsnorm(f, f.rms_final, x[t]));
   }
   return logits;
 }

@@ -22,4 +22,10 @@ using Vector = Eigen::Matrix<T, Eigen::Dynamic, 1>;
 template <class T>
 using RowVector = Eigen::Matrix<T, 1, Eigen::Dynamic>;
 
+/// The Weight argument of the layers and of Llama (with T = float) that keeps
+/// every matrix as a StoredMatrix (ops/stored_matrix.hpp): in the encoding it
+/// came in, chosen per matrix at run time -- F32, F16, BF16, Q8_0 or Q4_0, as
+/// a GGUF file stores them, viewed in place.
+struct Stored {};
+
 }  // namespace kvattn

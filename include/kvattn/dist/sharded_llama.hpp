@@ -66,6 +66,9 @@ class ShardedLlamaState {
 
 template <class T, class Weight = T>
 class ShardedLlama {
+  static_assert(!std::is_same<Weight, Stored>::value,
+                "ShardedLlama keeps dense weights (T, bfloat16 or half), not Stored");
+
  public:
   /// Keeps this rank's slice of full weights every rank passes.
   ShardedLlama(Communicator& comm, const LlamaWeights<T>& full)

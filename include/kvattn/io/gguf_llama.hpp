@@ -63,6 +63,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -224,41 +225,68 @@ inline LlamaConfig gguf_llama_config(const GgufFile& f) {
   return c;
 }
 
+namespace detail {
+
+// The weights of a "llama" file, each matrix made by matrix(name, rows, cols,
+// what), the vectors dequantized to T.
+template <class T, class M, class MakeMatrix>
+LlamaWeights<T, M> gguf_llama_weights_with(const GgufFile& f, MakeMatrix matrix) {
+  LlamaWeights<T, M> w;
+  w.config = gguf_llama_config(f);
+  const LlamaConfig& c = w.config;
+  const Eigen::Index dim = c.dim, hidden = c.hidden_dim, kv_dim = c.n_kv_heads * c.head_dim();
+  w.token_embedding =
+      matrix("token_embd.weight", c.vocab_size, dim, "token_embedding [vocab_size x dim]");
+  w.layers.resize(size_t(c.n_layers));
+  for (size_t l = 0; l < w.layers.size(); ++l) {
+    const std::string b = concat("blk.", l, ".");
+    LlamaLayerWeights<T, M>& lw = w.layers[l];
+    lw.attention_norm = gguf_vector<T>(f, b + "attn_norm.weight", dim, "attention_norm");
+    lw.attention.wq = matrix(b + "attn_q.weight", dim, dim, "wq [dim x dim]");
+    lw.attention.wk = matrix(b + "attn_k.weight", kv_dim, dim, "wk [kv_dim x dim]");
+    lw.attention.wv = matrix(b + "attn_v.weight", kv_dim, dim, "wv [kv_dim x dim]");
+    lw.attention.wo = matrix(b + "attn_output.weight", dim, dim, "wo [dim x dim]");
+    lw.ffn_norm = gguf_vector<T>(f, b + "ffn_norm.weight", dim, "ffn_norm");
+    lw.w1 = matrix(b + "ffn_gate.weight", hidden, dim, "w1 [hidden_dim x dim]");
+    lw.w2 = matrix(b + "ffn_down.weight", dim, hidden, "w2 [dim x hidden_dim]");
+    lw.w3 = matrix(b + "ffn_up.weight", hidden, dim, "w3 [hidden_dim x dim]");
+  }
+  w.final_norm = gguf_vector<T>(f, "output_norm.weight", dim, "final_norm");
+  const GgufTensor* output = f.find_tensor("output.weight");
+  if (output != nullptr && !gguf_same_data(*output, f.tensor("token_embd.weight"))) {
+    w.classifier = matrix("output.weight", c.vocab_size, dim, "classifier [vocab_size x dim]");
+  }
+  return w;
+}
+
+}  // namespace detail
+
 /// Every weight of a "llama" GGUF file, dequantized to T (float or double),
 /// each checked against the config (std::runtime_error naming the tensor and
 /// both shapes). See the file comment for the tensors and the classifier.
 template <class T = float>
 LlamaWeights<T> gguf_llama_weights(const GgufFile& f) {
-  LlamaWeights<T> w;
-  w.config = gguf_llama_config(f);
-  const LlamaConfig& c = w.config;
-  const Eigen::Index dim = c.dim, hidden = c.hidden_dim, kv_dim = c.n_kv_heads * c.head_dim();
-  w.token_embedding = detail::gguf_matrix<T>(f, "token_embd.weight", c.vocab_size, dim,
-                                             "token_embedding [vocab_size x dim]");
-  w.layers.resize(size_t(c.n_layers));
-  for (size_t l = 0; l < w.layers.size(); ++l) {
-    const std::string b = detail::concat("blk.", l, ".");
-    LlamaLayerWeights<T>& lw = w.layers[l];
-    lw.attention_norm = detail::gguf_vector<T>(f, b + "attn_norm.weight", dim, "attention_norm");
-    lw.attention.wq = detail::gguf_matrix<T>(f, b + "attn_q.weight", dim, dim, "wq [dim x dim]");
-    lw.attention.wk =
-        detail::gguf_matrix<T>(f, b + "attn_k.weight", kv_dim, dim, "wk [kv_dim x dim]");
-    lw.attention.wv =
-        detail::gguf_matrix<T>(f, b + "attn_v.weight", kv_dim, dim, "wv [kv_dim x dim]");
-    lw.attention.wo =
-        detail::gguf_matrix<T>(f, b + "attn_output.weight", dim, dim, "wo [dim x dim]");
-    lw.ffn_norm = detail::gguf_vector<T>(f, b + "ffn_norm.weight", dim, "ffn_norm");
-    lw.w1 = detail::gguf_matrix<T>(f, b + "ffn_gate.weight", hidden, dim, "w1 [hidden_dim x dim]");
-    lw.w2 = detail::gguf_matrix<T>(f, b + "ffn_down.weight", dim, hidden, "w2 [dim x hidden_dim]");
-    lw.w3 = detail::gguf_matrix<T>(f, b + "ffn_up.weight", hidden, dim, "w3 [hidden_dim x dim]");
-  }
-  w.final_norm = detail::gguf_vector<T>(f, "output_norm.weight", dim, "final_norm");
-  const GgufTensor* output = f.find_tensor("output.weight");
-  if (output != nullptr && !detail::gguf_same_data(*output, f.tensor("token_embd.weight"))) {
-    w.classifier = detail::gguf_matrix<T>(f, "output.weight", c.vocab_size, dim,
-                                          "classifier [vocab_size x dim]");
-  }
-  return w;
+  return detail::gguf_llama_weights_with<T, RowMatrix<T>>(
+      f, [&f](const std::string& name, Eigen::Index rows, Eigen::Index cols, const char* what) {
+        return detail::gguf_matrix<T>(f, name, rows, cols, what);
+      });
+}
+
+/// Every weight of a "llama" GGUF file as stored, for Llama<float, Stored>:
+/// each matrix a StoredMatrix viewing the file's bytes (F32, F16, BF16, Q8_0,
+/// Q4_0; the other types dequantized to F32 copies), keeping `f` alive; the
+/// norms as float. Same checks as gguf_llama_weights.
+inline LlamaWeights<float, StoredMatrix> gguf_llama_stored_weights(
+    std::shared_ptr<const GgufFile> f) {
+  return detail::gguf_llama_weights_with<float, StoredMatrix>(
+      *f, [&f](const std::string& name, Eigen::Index rows, Eigen::Index cols, const char* what) {
+        const GgufTensor& t = detail::gguf_shaped(*f, name, cols, rows, what);
+        try {
+          return StoredMatrix::view(t.type, rows, cols, t.data, f);
+        } catch (const std::invalid_argument& e) {
+          detail::gguf_error(f->name(), detail::concat("tensor ", name, ": ", e.what()));
+        }
+      });
 }
 
 namespace detail {

@@ -8,6 +8,7 @@
 
 #include <cstring>
 #include <fstream>
+#include <memory>
 #include <optional>
 #include <string>
 
@@ -15,9 +16,9 @@ namespace kvattn {
 
 /// What a model file holds: the weights, and for GGUF files the tokenizer
 /// and the id that ends generation besides BOS.
-template <class T = float>
+template <class T = float, class M = RowMatrix<T>>
 struct ModelFile {
-  LlamaWeights<T> weights;
+  LlamaWeights<T, M> weights;
   std::optional<Tokenizer>
       tokenizer;              // none in a llama2.c checkpoint (its tokenizer is a separate file)
   int eos = Tokenizer::kBos;  // llama2.c models end a text with BOS
@@ -44,6 +45,25 @@ ModelFile<T> read_model_file(const std::string& path) {
   m.weights = gguf_llama_weights<T>(file);
   m.tokenizer.emplace(gguf_tokenizer(file));
   m.eos = gguf_eos(file);
+  m.gguf = true;
+  return m;
+}
+
+/// The same for Llama<float, Stored>: a GGUF file's matrices as stored
+/// (viewed in the file's mapping, gguf_llama_stored_weights); a llama2.c
+/// checkpoint's encoded as `llama2c_type` (to_stored: F32, F16, BF16, Q8_0
+/// or Q4_0).
+inline ModelFile<float, StoredMatrix> read_model_file_stored(const std::string& path,
+                                                             uint32_t llama2c_type = ggml::F32) {
+  ModelFile<float, StoredMatrix> m;
+  if (!is_gguf_file(path)) {
+    m.weights = to_stored(read_llama2c_checkpoint<float>(path), llama2c_type);
+    return m;
+  }
+  const auto file = std::make_shared<const GgufFile>(GgufFile::open(path));
+  m.weights = gguf_llama_stored_weights(file);
+  m.tokenizer.emplace(gguf_tokenizer(*file));
+  m.eos = gguf_eos(*file);
   m.gguf = true;
   return m;
 }

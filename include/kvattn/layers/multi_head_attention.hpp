@@ -35,10 +35,11 @@ namespace kvattn {
 /// The learned parameters of one attention layer, [out][in] as nn.Linear
 /// stores them: wq [n_heads*head_dim x d_model], wk and wv
 /// [n_kv_heads*head_dim x d_model], wo [d_model x n_heads*head_dim].
-/// An empty bias vector means no bias.
-template <class T>
+/// An empty bias vector means no bias. M: RowMatrix<T>, or StoredMatrix for
+/// a layer with Weight = Stored.
+template <class T, class M = RowMatrix<T>>
 struct AttentionWeights {
-  RowMatrix<T> wq, wk, wv, wo;
+  M wq, wk, wv, wo;
   Vector<T> bq, bk, bv, bo;
 };
 
@@ -128,16 +129,19 @@ class AttentionWorkspace {
 };
 
 /// T: the compute type. Weight: how the four projections keep their weights
-/// (T, or Eigen::bfloat16 / Eigen::half for float).
+/// (T, or Eigen::bfloat16 / Eigen::half / kvattn::Stored for float).
 template <class T, class Weight = T>
 class MultiHeadAttention {
  public:
   using Scalar = T;
   using WeightType = Weight;
+  /// What the constructor takes: AttentionWeights<T>, or for Weight = Stored
+  /// AttentionWeights<T, StoredMatrix>.
+  using Weights = AttentionWeights<T, detail::InputMatrix<T, Weight>>;
 
   /// Validates config and weight shapes (std::invalid_argument naming the
   /// weight, the expected and the actual shape).
-  MultiHeadAttention(const AttentionConfig& config, AttentionWeights<T> weights)
+  MultiHeadAttention(const AttentionConfig& config, Weights weights)
       : config_(checked(config)),
         qkv_(config_, weights.wq, weights.wk, weights.wv, weights.bq, weights.bk, weights.bv),
         wo_(checked_wo(config_, std::move(weights.wo)), std::move(weights.bo)),
@@ -331,7 +335,8 @@ class MultiHeadAttention {
     c.validate();
     return c;
   }
-  static RowMatrix<T> checked_wo(const AttentionConfig& c, RowMatrix<T> wo) {
+  template <class M>
+  static M checked_wo(const AttentionConfig& c, M wo) {
     detail::check_shape("MultiHeadAttention", "wo", wo.rows(), wo.cols(),
                         "[d_model x n_heads*head_dim]", c.d_model, c.q_dim());
     return wo;

@@ -7,12 +7,16 @@
 /// Eigen::bfloat16 or Eigen::half, rounded once at construction (as a KV
 /// cache stores its rows: round to nearest even; half saturates at +-65504).
 /// Reduced weights halve the bytes a decode step reads; the products still
-/// accumulate in T.
+/// accumulate in T. Weight = kvattn::Stored (T = float) keeps each matrix as
+/// a StoredMatrix (ops/stored_matrix.hpp): the constructors then also take
+/// StoredMatrix weights, kept as they come (a GGUF file's Q8_0 or Q4_0
+/// tensors, say), while float weights become an F32 StoredMatrix.
 
 #include <kvattn/cache/storage.hpp>
 #include <kvattn/config.hpp>
 #include <kvattn/error.hpp>
 #include <kvattn/ops/linear.hpp>
+#include <kvattn/ops/stored_linear.hpp>
 #include <kvattn/types.hpp>
 
 #include <type_traits>
@@ -22,17 +26,35 @@ namespace kvattn {
 
 namespace detail {
 
-/// How a layer keeps its weights: T itself, or bfloat16 / half for float.
+/// How a layer keeps its weights: T itself, or bfloat16 / half / Stored for float.
 template <class T, class Weight>
 struct WeightTraits {
   static_assert(std::is_same<Weight, T>::value || (std::is_same<T, float>::value &&
                                                    (std::is_same<Weight, Eigen::bfloat16>::value ||
-                                                    std::is_same<Weight, Eigen::half>::value)),
-                "weights must be stored as the compute type T, or as Eigen::bfloat16 or "
-                "Eigen::half when T is float");
+                                                    std::is_same<Weight, Eigen::half>::value ||
+                                                    std::is_same<Weight, Stored>::value)),
+                "weights must be stored as the compute type T, or as Eigen::bfloat16, "
+                "Eigen::half or kvattn::Stored when T is float");
 };
 
+/// The matrix a layer keeps for Weight: RowMatrix<Weight>, or StoredMatrix.
+template <class Weight>
+using WeightMatrix =
+    std::conditional_t<std::is_same<Weight, Stored>::value, StoredMatrix, RowMatrix<Weight>>;
+
+/// The matrices a layer is built from: RowMatrix<T>, or for Stored a
+/// StoredMatrix (float matrices convert with StoredMatrix::encode).
+template <class T, class Weight>
+using InputMatrix =
+    std::conditional_t<std::is_same<Weight, Stored>::value, StoredMatrix, RowMatrix<T>>;
+
 /// dst = src rounded to Weight row by row (encode_row: the cache's rounding).
+template <class T, class Weight>
+StoredMatrix encoded_weights(StoredMatrix&& w) {
+  static_assert(std::is_same<Weight, Stored>::value, "a StoredMatrix is kept by Weight = Stored");
+  return std::move(w);
+}
+
 template <class T, class Weight>
 void encode_weights(const Eigen::Ref<const RowMatrix<T>>& src, Eigen::Ref<RowMatrix<Weight>> dst) {
   eigen_assert(src.rows() == dst.rows() && src.cols() == dst.cols());
@@ -42,9 +64,11 @@ void encode_weights(const Eigen::Ref<const RowMatrix<T>>& src, Eigen::Ref<RowMat
 }
 
 template <class T, class Weight>
-RowMatrix<Weight> encoded_weights(RowMatrix<T>&& w) {
+WeightMatrix<Weight> encoded_weights(RowMatrix<T>&& w) {
   if constexpr (std::is_same<Weight, T>::value) {
     return std::move(w);
+  } else if constexpr (std::is_same<Weight, Stored>::value) {
+    return w.size() == 0 ? StoredMatrix() : StoredMatrix::encode(w);  // empty: the caller says why
   } else {
     RowMatrix<Weight> out(w.rows(), w.cols());
     encode_weights<T, Weight>(w, out);
@@ -66,19 +90,20 @@ class Linear : detail::WeightTraits<T, Weight> {
   /// nor of size weight.rows().
   explicit Linear(RowMatrix<T> weight, Vector<T> bias = Vector<T>())
       : w_(detail::encoded_weights<T, Weight>(std::move(weight))), b_(std::move(bias)) {
-    constexpr const char* fn = "Linear";
-    if (w_.rows() == 0 || w_.cols() == 0) {
-      throw std::invalid_argument(detail::concat(fn, ": weight has shape ",
-                                                 detail::shape_str(w_.rows(), w_.cols()),
-                                                 ", expected a non-empty [out x in] matrix"));
-    }
-    if (b_.size() != 0) detail::check_size(fn, "bias", b_.size(), "out_features", w_.rows());
+    check();
+  }
+
+  /// Weight = Stored: the matrix kept as it comes (same checks).
+  template <class W = Weight, std::enable_if_t<std::is_same<W, Stored>::value, int> = 0>
+  explicit Linear(StoredMatrix weight, Vector<T> bias = Vector<T>())
+      : w_(std::move(weight)), b_(std::move(bias)) {
+    check();
   }
 
   Eigen::Index in_features() const { return w_.cols(); }
   Eigen::Index out_features() const { return w_.rows(); }
-  const RowMatrix<Weight>& weight() const { return w_; }  ///< [out x in]
-  const Vector<T>& bias() const { return b_; }            ///< [out] or empty
+  const detail::WeightMatrix<Weight>& weight() const { return w_; }  ///< [out x in]
+  const Vector<T>& bias() const { return b_; }                       ///< [out] or empty
   bool has_bias() const { return b_.size() != 0; }
 
   /// One token: x [in] -> y [out].
@@ -113,6 +138,15 @@ class Linear : detail::WeightTraits<T, Weight> {
   }
 
  private:
+  void check() const {
+    constexpr const char* fn = "Linear";
+    if (w_.rows() == 0 || w_.cols() == 0) {
+      throw std::invalid_argument(detail::concat(fn, ": weight has shape ",
+                                                 detail::shape_str(w_.rows(), w_.cols()),
+                                                 ", expected a non-empty [out x in] matrix"));
+    }
+    if (b_.size() != 0) detail::check_size(fn, "bias", b_.size(), "out_features", w_.rows());
+  }
   void check_in(const char* fn, Eigen::Index n, const char* unit) const {
     if (n != in_features()) {
       throw std::invalid_argument(
@@ -120,8 +154,8 @@ class Linear : detail::WeightTraits<T, Weight> {
     }
   }
 
-  RowMatrix<Weight> w_;  // [out x in]
-  Vector<T> b_;          // [out] or empty
+  detail::WeightMatrix<Weight> w_;  // [out x in]
+  Vector<T> b_;                     // [out] or empty
 };
 
 /// q, k, v for a batch: q [n x n_heads*head_dim], k and v [n x n_kv_heads*head_dim].
@@ -152,27 +186,29 @@ class QKVProjection : detail::WeightTraits<T, Weight> {
                 const Eigen::Ref<const Vector<T>>& bk = Vector<T>(),
                 const Eigen::Ref<const Vector<T>>& bv = Vector<T>())
       : d_model_(config.d_model), q_dim_(config.q_dim()), kv_dim_(config.kv_dim()) {
-    constexpr const char* fn = "QKVProjection";
-    config.validate();
-    detail::check_shape(fn, "wq", wq.rows(), wq.cols(), "[n_heads*head_dim x d_model]", q_dim_,
-                        d_model_);
-    detail::check_shape(fn, "wk", wk.rows(), wk.cols(), "[n_kv_heads*head_dim x d_model]", kv_dim_,
-                        d_model_);
-    detail::check_shape(fn, "wv", wv.rows(), wv.cols(), "[n_kv_heads*head_dim x d_model]", kv_dim_,
-                        d_model_);
-    if (bq.size() != 0) detail::check_size(fn, "bq", bq.size(), "n_heads*head_dim", q_dim_);
-    if (bk.size() != 0) detail::check_size(fn, "bk", bk.size(), "n_kv_heads*head_dim", kv_dim_);
-    if (bv.size() != 0) detail::check_size(fn, "bv", bv.size(), "n_kv_heads*head_dim", kv_dim_);
-    w_.resize(out_dim(), d_model_);
-    detail::encode_weights<T, Weight>(wq, w_.topRows(q_dim_));
-    detail::encode_weights<T, Weight>(wk, w_.middleRows(q_dim_, kv_dim_));
-    detail::encode_weights<T, Weight>(wv, w_.bottomRows(kv_dim_));
-    if (bq.size() + bk.size() + bv.size() != 0) {
-      b_.setZero(out_dim());
-      if (bq.size() != 0) b_.head(q_dim_) = bq;
-      if (bk.size() != 0) b_.segment(q_dim_, kv_dim_) = bk;
-      if (bv.size() != 0) b_.tail(kv_dim_) = bv;
+    check(config, wq, wk, wv, bq, bk, bv);
+    if constexpr (kStored) {
+      RowMatrix<T> all(out_dim(), d_model_);
+      all << wq, wk, wv;
+      w_ = StoredMatrix::encode(all);
+    } else {
+      w_.resize(out_dim(), d_model_);
+      detail::encode_weights<T, Weight>(wq, w_.topRows(q_dim_));
+      detail::encode_weights<T, Weight>(wk, w_.middleRows(q_dim_, kv_dim_));
+      detail::encode_weights<T, Weight>(wv, w_.bottomRows(kv_dim_));
     }
+  }
+
+  /// Weight = Stored: the three matrices kept as they come, stacked without
+  /// a copy (each may have its own type). Same checks.
+  template <class W = Weight, std::enable_if_t<std::is_same<W, Stored>::value, int> = 0>
+  QKVProjection(const AttentionConfig& config, const StoredMatrix& wq, const StoredMatrix& wk,
+                const StoredMatrix& wv, const Eigen::Ref<const Vector<T>>& bq = Vector<T>(),
+                const Eigen::Ref<const Vector<T>>& bk = Vector<T>(),
+                const Eigen::Ref<const Vector<T>>& bv = Vector<T>())
+      : d_model_(config.d_model), q_dim_(config.q_dim()), kv_dim_(config.kv_dim()) {
+    check(config, wq, wk, wv, bq, bk, bv);
+    w_ = StoredMatrix::stack({&wq, &wk, &wv});
   }
 
   Eigen::Index d_model() const { return d_model_; }
@@ -180,14 +216,17 @@ class QKVProjection : detail::WeightTraits<T, Weight> {
   Eigen::Index kv_dim() const { return kv_dim_; }                ///< n_kv_heads*head_dim
   Eigen::Index out_dim() const { return q_dim_ + 2 * kv_dim_; }  ///< width of q | k | v
 
+  /// A view of some rows of the stacked weight (a StoredMatrix for Stored).
+  using RowsView = std::conditional_t<std::is_same<Weight, Stored>::value, StoredMatrix,
+                                      Eigen::Map<const RowMatrix<Weight>>>;
   /// Wq: [n_heads*head_dim x d_model].
-  Eigen::Map<const RowMatrix<Weight>> wq() const { return rows(0, q_dim_); }
+  RowsView wq() const { return rows(0, q_dim_); }
   /// Wk: [n_kv_heads*head_dim x d_model].
-  Eigen::Map<const RowMatrix<Weight>> wk() const { return rows(q_dim_, kv_dim_); }
+  RowsView wk() const { return rows(q_dim_, kv_dim_); }
   /// Wv: [n_kv_heads*head_dim x d_model].
-  Eigen::Map<const RowMatrix<Weight>> wv() const { return rows(q_dim_ + kv_dim_, kv_dim_); }
+  RowsView wv() const { return rows(q_dim_ + kv_dim_, kv_dim_); }
   /// The stacked [Wq; Wk; Wv]: [q_dim + 2*kv_dim x d_model].
-  const RowMatrix<Weight>& stacked_weight() const { return w_; }
+  const detail::WeightMatrix<Weight>& stacked_weight() const { return w_; }
   /// The stacked [bq; bk; bv] ([q_dim + 2*kv_dim], missing parts zero) or empty.
   const Vector<T>& stacked_bias() const { return b_; }
 
@@ -216,13 +255,43 @@ class QKVProjection : detail::WeightTraits<T, Weight> {
   }
 
  private:
-  Eigen::Map<const RowMatrix<Weight>> rows(Eigen::Index first, Eigen::Index n) const {
-    return Eigen::Map<const RowMatrix<Weight>>(w_.data() + first * d_model_, n, d_model_);
+  static constexpr bool kStored = std::is_same<Weight, Stored>::value;
+
+  // Checks the config and every shape; sets the stacked bias.
+  template <class M>
+  void check(const AttentionConfig& config, const M& wq, const M& wk, const M& wv,
+             const Eigen::Ref<const Vector<T>>& bq, const Eigen::Ref<const Vector<T>>& bk,
+             const Eigen::Ref<const Vector<T>>& bv) {
+    constexpr const char* fn = "QKVProjection";
+    config.validate();
+    detail::check_shape(fn, "wq", wq.rows(), wq.cols(), "[n_heads*head_dim x d_model]", q_dim_,
+                        d_model_);
+    detail::check_shape(fn, "wk", wk.rows(), wk.cols(), "[n_kv_heads*head_dim x d_model]", kv_dim_,
+                        d_model_);
+    detail::check_shape(fn, "wv", wv.rows(), wv.cols(), "[n_kv_heads*head_dim x d_model]", kv_dim_,
+                        d_model_);
+    if (bq.size() != 0) detail::check_size(fn, "bq", bq.size(), "n_heads*head_dim", q_dim_);
+    if (bk.size() != 0) detail::check_size(fn, "bk", bk.size(), "n_kv_heads*head_dim", kv_dim_);
+    if (bv.size() != 0) detail::check_size(fn, "bv", bv.size(), "n_kv_heads*head_dim", kv_dim_);
+    if (bq.size() + bk.size() + bv.size() != 0) {
+      b_.setZero(out_dim());
+      if (bq.size() != 0) b_.head(q_dim_) = bq;
+      if (bk.size() != 0) b_.segment(q_dim_, kv_dim_) = bk;
+      if (bv.size() != 0) b_.tail(kv_dim_) = bv;
+    }
+  }
+
+  RowsView rows(Eigen::Index first, Eigen::Index n) const {
+    if constexpr (kStored) {
+      return w_.middle_rows(first, n);
+    } else {
+      return Eigen::Map<const RowMatrix<Weight>>(w_.data() + first * d_model_, n, d_model_);
+    }
   }
 
   Eigen::Index d_model_, q_dim_, kv_dim_;
-  RowMatrix<Weight> w_;  // [q_dim + 2*kv_dim x d_model]: Wq, Wk, Wv stacked
-  Vector<T> b_;          // [q_dim + 2*kv_dim] or empty
+  detail::WeightMatrix<Weight> w_;  // [q_dim + 2*kv_dim x d_model]: Wq, Wk, Wv stacked
+  Vector<T> b_;                     // [q_dim + 2*kv_dim] or empty
 };
 
 }  // namespace kvattn

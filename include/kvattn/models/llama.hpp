@@ -18,6 +18,12 @@
 /// bits, rounded once when the model is built (layers/projection.hpp); the
 /// embedding table and the norms stay in T. A classifier shared with the
 /// embedding then gets its own rounded copy.
+///
+/// Llama<float, kvattn::Stored> keeps every matrix, the embedding table too,
+/// as a StoredMatrix (ops/stored_matrix.hpp), built from
+/// LlamaWeights<float, StoredMatrix> (read_model_file_stored, to_stored):
+/// a GGUF file's Q8_0 / Q4_0 / F16 ... tensors multiplied as stored; the
+/// classifier may share the embedding (no copy).
 
 #include <kvattn/cache/kv_cache.hpp>
 #include <kvattn/cache/paged_kv_cache.hpp>
@@ -77,26 +83,61 @@ struct LlamaConfig {
   }
 };
 
-/// Weights of one decoder layer, [out][in] as nn.Linear stores them.
-template <class T>
+/// Weights of one decoder layer, [out][in] as nn.Linear stores them. M:
+/// RowMatrix<T>, or StoredMatrix (for Llama<float, Stored>).
+template <class T, class M = RowMatrix<T>>
 struct LlamaLayerWeights {
-  Vector<T> attention_norm;       ///< [dim]
-  AttentionWeights<T> attention;  ///< wq, wk, wv, wo (no biases in Llama)
-  Vector<T> ffn_norm;             ///< [dim]
-  RowMatrix<T> w1;                ///< [hidden_dim x dim]  gate
-  RowMatrix<T> w2;                ///< [dim x hidden_dim]  down
-  RowMatrix<T> w3;                ///< [hidden_dim x dim]  up
+  Vector<T> attention_norm;          ///< [dim]
+  AttentionWeights<T, M> attention;  ///< wq, wk, wv, wo (no biases in Llama)
+  Vector<T> ffn_norm;                ///< [dim]
+  M w1;                              ///< [hidden_dim x dim]  gate
+  M w2;                              ///< [dim x hidden_dim]  down
+  M w3;                              ///< [hidden_dim x dim]  up
 };
 
 /// All weights of a Llama decoder.
-template <class T>
+template <class T, class M = RowMatrix<T>>
 struct LlamaWeights {
   LlamaConfig config;
-  RowMatrix<T> token_embedding;  ///< [vocab_size x dim]
-  std::vector<LlamaLayerWeights<T>> layers;
-  Vector<T> final_norm;     ///< [dim]
-  RowMatrix<T> classifier;  ///< [vocab_size x dim], or empty to share token_embedding
+  M token_embedding;  ///< [vocab_size x dim]
+  std::vector<LlamaLayerWeights<T, M>> layers;
+  Vector<T> final_norm;  ///< [dim]
+  M classifier;          ///< [vocab_size x dim], or empty to share token_embedding
 };
+
+/// Every matrix of w as a StoredMatrix of ggml type `type` (F32, F16, BF16,
+/// Q8_0 or Q4_0; StoredMatrix::encode). A matrix whose width is not a
+/// multiple of 32 cannot be Q8_0 or Q4_0 and is kept F16 instead, as
+/// llama.cpp's quantizer falls back; the embedding too is encoded. Throws
+/// std::invalid_argument for another type.
+inline LlamaWeights<float, StoredMatrix> to_stored(LlamaWeights<float> w,
+                                                   uint32_t type = ggml::F32) {
+  auto enc = [type](RowMatrix<float>& m) {
+    if (m.size() == 0) return StoredMatrix();
+    const bool blocks = type == ggml::Q8_0 || type == ggml::Q4_0;
+    StoredMatrix s = StoredMatrix::encode(m, blocks && m.cols() % 32 != 0 ? ggml::F16 : type);
+    m = RowMatrix<float>();  // release the float copy as soon as it is encoded
+    return s;
+  };
+  LlamaWeights<float, StoredMatrix> s;
+  s.config = w.config;
+  s.token_embedding = enc(w.token_embedding);
+  for (LlamaLayerWeights<float>& l : w.layers) {
+    LlamaLayerWeights<float, StoredMatrix> o;
+    o.attention_norm = std::move(l.attention_norm);
+    o.attention = {enc(l.attention.wq),       enc(l.attention.wk),       enc(l.attention.wv),
+                   enc(l.attention.wo),       std::move(l.attention.bq), std::move(l.attention.bk),
+                   std::move(l.attention.bv), std::move(l.attention.bo)};
+    o.ffn_norm = std::move(l.ffn_norm);
+    o.w1 = enc(l.w1);
+    o.w2 = enc(l.w2);
+    o.w3 = enc(l.w3);
+    s.layers.push_back(std::move(o));
+  }
+  s.final_norm = std::move(w.final_norm);
+  s.classifier = enc(w.classifier);
+  return s;
+}
 
 namespace detail {
 
@@ -220,33 +261,38 @@ class Llama {
  public:
   using Scalar = T;
   using WeightType = Weight;
+  /// What the constructor takes: LlamaWeights<T>, or for Weight = Stored
+  /// LlamaWeights<T, StoredMatrix>.
+  using Weights = LlamaWeights<T, detail::InputMatrix<T, Weight>>;
+  /// The embedding table: RowMatrix<T>, or StoredMatrix for Weight = Stored.
+  using Embedding = detail::InputMatrix<T, Weight>;
 
   /// Validates the config and every weight shape (std::invalid_argument
   /// naming the layer and the weight).
-  explicit Llama(LlamaWeights<T> w)
+  explicit Llama(Weights w)
       : config_(checked(w)),
         embedding_(std::move(w.token_embedding)),
         final_norm_(std::move(w.final_norm)),
-        classifier_(reduced && w.classifier.size() == 0
-                        ? detail::encoded_weights<T, Weight>(RowMatrix<T>(embedding_))
+        classifier_(rounded && w.classifier.size() == 0
+                        ? detail::encoded_weights<T, Weight>(Embedding(embedding_))
                         : detail::encoded_weights<T, Weight>(std::move(w.classifier))) {
     layers_.reserve(w.layers.size());
-    for (LlamaLayerWeights<T>& lw : w.layers) {
+    for (LlamaLayerWeights<T, detail::InputMatrix<T, Weight>>& lw : w.layers) {
       layers_.push_back(
           Layer{std::move(lw.attention_norm),
                 MultiHeadAttention<T, Weight>(config_.attention(), std::move(lw.attention)),
                 std::move(lw.ffn_norm), detail::encoded_weights<T, Weight>(std::move(lw.w1)),
                 detail::encoded_weights<T, Weight>(std::move(lw.w2)),
                 detail::encoded_weights<T, Weight>(std::move(lw.w3))});
-      lw = LlamaLayerWeights<T>();  // release the loaded copy as soon as the layer owns it
+      lw = {};  // release the loaded copy as soon as the layer owns it
     }
   }
 
   const LlamaConfig& config() const { return config_; }
   /// [vocab_size x dim]
-  const RowMatrix<T>& token_embedding() const { return embedding_; }
+  const Embedding& token_embedding() const { return embedding_; }
   /// True when the classifier is the token embedding (no second copy is kept;
-  /// never with reduced weights, which round a copy).
+  /// never with bf16 / f16 weights, which round a copy).
   bool shares_classifier() const { return classifier_.size() == 0; }
 
   /// A fresh state holding up to capacity tokens (default: seq_len), its
@@ -322,18 +368,29 @@ class Llama {
   RowMatrix<T> forward_batch(const std::vector<SeqTokens>& batch, PagedKVCache<T, Storage>& cache);
 
  private:
-  static constexpr bool reduced = !std::is_same<Weight, T>::value;
+  // bf16 / f16 weights: the classifier is a rounded copy, never the embedding.
+  static constexpr bool rounded =
+      !std::is_same<Weight, T>::value && !std::is_same<Weight, Stored>::value;
 
   struct Layer {
     Vector<T> attention_norm;
     MultiHeadAttention<T, Weight> attention;
     Vector<T> ffn_norm;
-    RowMatrix<Weight> w1, w2, w3;
+    detail::WeightMatrix<Weight> w1, w2, w3;
   };
+
+  // x_.row(i) = the embedding of token.
+  void embed(Eigen::Index i, int token) {
+    if constexpr (std::is_same<Weight, Stored>::value) {
+      embedding_.row(token, x_.row(i).data());
+    } else {
+      x_.row(i) = embedding_.row(token);
+    }
+  }
 
   // Y = X W^T: the first decode_rows rows as one-token products (bitwise
   // independent of the others), the rest as one matrix product.
-  void project(const RowMatrix<Weight>& w, const Eigen::Ref<const RowMatrix<T>>& x,
+  void project(const detail::WeightMatrix<Weight>& w, const Eigen::Ref<const RowMatrix<T>>& x,
                Eigen::Ref<RowMatrix<T>> y, Eigen::Index decode_rows) const {
     ops::linear_few<T, Weight>(w, Vector<T>(), x.topRows(decode_rows), y.topRows(decode_rows));
     const Eigen::Index rest = x.rows() - decode_rows;
@@ -358,7 +415,7 @@ class Llama {
     x_ += attn_;
   }
 
-  static const LlamaConfig& checked(const LlamaWeights<T>& w) {
+  static const LlamaConfig& checked(const Weights& w) {
     const LlamaConfig& c = w.config;
     c.validate();
     constexpr const char* fn = "Llama";
@@ -374,7 +431,7 @@ class Llama {
                                                  " entries, expected n_layers = ", c.n_layers));
     }
     for (size_t l = 0; l < w.layers.size(); ++l) {
-      const LlamaLayerWeights<T>& lw = w.layers[l];
+      const auto& lw = w.layers[l];
       const std::string at = detail::concat(fn, " layer ", l);
       detail::check_size(at.c_str(), "attention_norm", lw.attention_norm.size(), "dim", c.dim);
       detail::check_size(at.c_str(), "ffn_norm", lw.ffn_norm.size(), "dim", c.dim);
@@ -388,8 +445,8 @@ class Llama {
     return c;
   }
 
-  const RowMatrix<Weight>& classifier() const {
-    if constexpr (reduced) {
+  const detail::WeightMatrix<Weight>& classifier() const {
+    if constexpr (rounded) {
       return classifier_;
     } else {
       return classifier_.size() != 0 ? classifier_ : embedding_;
@@ -427,7 +484,7 @@ class Llama {
     detail::reshape_scratch(h1_, n, config_.hidden_dim);  // gate
     detail::reshape_scratch(h3_, n, config_.hidden_dim);  // up
     const T eps = static_cast<T>(config_.norm_eps);
-    for (Eigen::Index i = 0; i < n; ++i) x_.row(i) = embedding_.row(tokens[size_t(i)]);
+    for (Eigen::Index i = 0; i < n; ++i) embed(i, tokens[size_t(i)]);
     try {
       for (size_t l = 0; l < layers_.size(); ++l) {
         Layer& L = layers_[l];
@@ -446,10 +503,10 @@ class Llama {
   }
 
   LlamaConfig config_;
-  RowMatrix<T> embedding_;  // [vocab_size x dim]
+  Embedding embedding_;  // [vocab_size x dim]
   std::vector<Layer> layers_;
-  Vector<T> final_norm_;          // [dim]
-  RowMatrix<Weight> classifier_;  // [vocab_size x dim] or empty (shared with embedding_)
+  Vector<T> final_norm_;                     // [dim]
+  detail::WeightMatrix<Weight> classifier_;  // [vocab_size x dim] or empty (shared with embedding_)
 
   // Scratch, reused across calls: [n x dim] and [n x hidden_dim].
   RowMatrix<T> x_, xb_, attn_, h1_, h3_;

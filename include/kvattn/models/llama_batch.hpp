@@ -109,7 +109,7 @@ RowMatrix<T> Llama<T, Weight>::forward_batch(const std::vector<SeqTokens>& batch
     for (Eigen::Index i = 0; i < n_batch; ++i) {
       const std::vector<int>& tokens = batch[size_t(order_[size_t(i)])].tokens;
       for (size_t j = 0; j < tokens.size(); ++j) {
-        x_.row(entries_[size_t(i)].row + Eigen::Index(j)) = embedding_.row(tokens[j]);
+        embed(entries_[size_t(i)].row + Eigen::Index(j), tokens[j]);
       }
     }
     const T eps = static_cast<T>(config_.norm_eps);

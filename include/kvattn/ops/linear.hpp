@@ -27,6 +27,8 @@ template <class W>
 struct NonDeduced {
   using type = W;
 };
+template <>
+struct NonDeduced<Stored> {};  // no dense view: ops/stored_linear.hpp has their products
 template <class W>
 using WeightRef = Eigen::Ref<const RowMatrix<typename NonDeduced<W>::type>>;
 
