@@ -12,7 +12,7 @@
 /// How far ahead in each row the loop hints the next bytes into cache (the
 /// hardware prefetchers alone left a 4-row loop well short of bandwidth;
 /// docs/kernels.md).
-inline constexpr Index kQuantAhead = 512;
+inline constexpr Index kQuantAhead = 1024;
 
 /// QGemvFn for weights in blocks of kBlockBytes (Q8_0 or Q4_0).
 template <Index kBlockBytes>
@@ -24,11 +24,18 @@ void gemv_q(const std::uint8_t* w, Index row_bytes, Index rows, const BlockQ8_0*
     const std::uint8_t* r[4];
     for (Index k = 0; k < 4; ++k) r[k] = w + (i0 + std::min(k, nr - 1)) * row_bytes;
     typename V::QAcc acc[4] = {V::qzero(), V::qzero(), V::qzero(), V::qzero()};
-    const Index last = n_blocks * kBlockBytes - 1;  // hints stay inside the row
+    const Index used = n_blocks * kBlockBytes;  // bytes of a row the loop reads
     for (Index b = 0; b < n_blocks; ++b) {
       const Index at = b * kBlockBytes;
       if (b % 2 == 0) {  // about one hint per cache line and row, kQuantAhead bytes ahead
-        for (int k = 0; k < 4; ++k) V::prefetch(r[k] + std::min(at + kQuantAhead, last));
+        for (Index k = 0; k < 4; ++k) {
+          // Near a row's end, the same place in the next 4 rows instead, so
+          // that every stream runs on into the next group; never past `rows`.
+          const Index ahead = at + kQuantAhead;
+          const Index row = i0 + k + (ahead < used ? 0 : 4);
+          const Index col = ahead < used ? ahead : ahead - used;
+          if (row < rows) V::prefetch(w + row * row_bytes + std::min(col, used - 1));
+        }
       }
       V::template qdot4<kBlockBytes>(r, at, x + b, acc);
     }

@@ -214,11 +214,40 @@ KVATTN_KERNEL_INLINE __m256i qdot32(__m256i w, __m256i x) {
                              _mm256_sign_epi8(x, w));
 }
 
+/// Q4_0 rows by vpdpbusd on the unsigned codes c in [0, 15]: the dot of
+/// (c - 8) and x is c . x - 8 sum(x), and the second term, the same for
+/// every row, is computed once per activation block and taken as the
+/// accumulator's start (exact in int32, no sign or offset work per row).
+KVATTN_KERNEL_INLINE void q4_0_dot4(const std::uint8_t* const* r, Index at, const BlockQ8_0* x,
+                                    __m256* acc) {
+  const __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x->qs));
+  const __m256i zero = _mm256_setzero_si256();
+  const __m256i minus_8x =
+      _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, _mm256_set1_epi8(8), xq));
+  const float dx = _cvtsh_ss(x->d);
+  const __m128i m = _mm_set1_epi8(15);
+  KVATTN_UNROLL
+  for (int k = 0; k < 4; ++k) {
+    const std::uint8_t* block = r[k] + at;
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block + 2));
+    const __m256i codes =
+        _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(b, 4), m), _mm_and_si128(b, m));
+    std::uint16_t d;
+    std::memcpy(&d, block, 2);
+    acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_dpbusd_epi32(minus_8x, codes, xq)),
+                             _mm256_set1_ps(_cvtsh_ss(d) * dx), acc[k]);
+  }
+}
+
 struct V : avx512::V {
   static I32 dot_pairs(I32 acc, I16 a, I16 b) { return _mm512_dpwssd_epi32(acc, a, b); }
   template <Index kBlockBytes>
   static void qdot4(const std::uint8_t* const* r, Index at, const BlockQ8_0* x, QAcc* acc) {
-    avx2::qdot4<kBlockBytes>(r, at, x, acc, qdot32);
+    if constexpr (kBlockBytes == kQ4_0Bytes) {
+      q4_0_dot4(r, at, x, acc);
+    } else {
+      avx2::qdot4<kBlockBytes>(r, at, x, acc, qdot32);
+    }
   }
 };
 
