@@ -87,6 +87,23 @@ TEST(StoredMatrix, F16AndBf16RoundToNearestEven) {
   EXPECT_EQ(le16(b.bands()[0].data + 4), 0xC000);
 }
 
+TEST(StoredMatrix, F16SaturatesLikeTheDenseHalfWeights) {
+  RowMatrix<float> x(1, 2);
+  x << 1e6f, -70000.0f;  // beyond fp16's largest finite value, 65504 (0x7BFF)
+  const StoredMatrix h = StoredMatrix::encode(x, ggml::F16);
+  EXPECT_EQ(le16(h.bands()[0].data), 0x7BFF);
+  EXPECT_EQ(le16(h.bands()[0].data + 2), 0xFBFF);
+}
+
+TEST(StoredMatrix, MisalignedF32BytesAreCopied) {
+  alignas(4) unsigned char bytes[4 * 8 + 1] = {};
+  const float v[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+  std::memcpy(bytes + 1, v, sizeof v);
+  const StoredMatrix s = StoredMatrix::view(ggml::F32, 2, 4, bytes + 1, nullptr);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(s.bands()[0].data) % 4, 0u);
+  for (int j = 0; j < 8; ++j) EXPECT_EQ(s.dense()(j / 4, j % 4), v[j]);
+}
+
 TEST(StoredMatrix, StacksAndSlicesBandsWithoutCopies) {
   const RowMatrix<float> a = random_matrix(3, 64, 1), q = random_matrix(5, 64, 2);
   const StoredMatrix sa = StoredMatrix::encode(a, ggml::F16);
@@ -115,7 +132,9 @@ TEST(StoredMatrix, RejectsWhatItCannotHold) {
     return std::string("no exception");
   };
   const RowMatrix<float> odd = random_matrix(2, 33, 3);
-  EXPECT_NE(message([&] { StoredMatrix::encode(odd, ggml::Q8_0); }).find("n = 33"),
+  EXPECT_NE(message([&] {
+              StoredMatrix::encode(odd, ggml::Q8_0);
+            }).find("cols = 33, expected a multiple of 32 for Q8_0"),
             std::string::npos);
   EXPECT_NE(message([&] { StoredMatrix::encode(odd, ggml::Q4_1); }).find("Q4_1"),
             std::string::npos);
@@ -128,7 +147,7 @@ TEST(StoredMatrix, RejectsWhatItCannotHold) {
   const StoredMatrix b = StoredMatrix::encode(random_matrix(1, 64, 5));
   EXPECT_NE(message([&] {
               StoredMatrix::stack({&a, &b});
-            }).find("64 columns, expected 32"),
+            }).find("parts[1] has 64 columns, expected 32"),
             std::string::npos);
 }
 
@@ -189,16 +208,20 @@ TEST(StoredProduct, EveryTypeMatchesTheDoubleProductOfItsDecodedWeights) {
 }
 
 TEST(StoredProduct, QuantizedRowsDoNotDependOnTheBatchTheBandsOrTheThreads) {
-  // 1024 x 1024 Q8_0 is 1.06 MB: large enough for the product to use threads.
+  // 1024 x 1024 Q8_0 is 1.06 MB, 2048 x 1024 Q4_0 1.18 MB: large enough for
+  // each band's product to use threads.
   const Eigen::Index rows = 1024, cols = 1024;
   const RowMatrix<float> x = random_matrix(4, cols, 8);
   const StoredMatrix q8 = StoredMatrix::encode(random_matrix(rows, cols, 9), ggml::Q8_0);
-  const StoredMatrix q4 = StoredMatrix::encode(random_matrix(rows / 2, cols, 10), ggml::Q4_0);
+  const StoredMatrix q4 = StoredMatrix::encode(random_matrix(2 * rows, cols, 10), ggml::Q4_0);
   const StoredMatrix both = StoredMatrix::stack({&q8, &q4});
   RowMatrix<float> batched(4, both.rows()), prefill(4, both.rows());
   kvattn::ops::stored_product(both, x.data(), cols, 4, batched.data(), both.rows(), true);
   kvattn::ops::stored_product(both, x.data(), cols, 4, prefill.data(), both.rows(), false);
   EXPECT_EQ(std::memcmp(batched.data(), prefill.data(), sizeof(float) * size_t(batched.size())), 0);
+#if defined(_OPENMP)
+  const int before = omp_get_max_threads();
+#endif
   for (int threads : {1, 2}) {
 #if defined(_OPENMP)
     omp_set_num_threads(threads);
@@ -216,7 +239,7 @@ TEST(StoredProduct, QuantizedRowsDoNotDependOnTheBatchTheBandsOrTheThreads) {
     }
   }
 #if defined(_OPENMP)
-  omp_set_num_threads(omp_get_num_procs());
+  omp_set_num_threads(before);
 #endif
 }
 
@@ -333,33 +356,24 @@ TEST(StoredLlama, SharedGgufFilesMatchTheQ8ActivationReference) {
       const std::string path = dir + "/" + model + "-" + type + ".gguf";
       const auto file = std::make_shared<const kvattn::GgufFile>(kvattn::GgufFile::open(path));
       kvattn::LlamaWeights<float, StoredMatrix> sw = kvattn::gguf_llama_stored_weights(file);
-      // The reference: the same matrices decoded, q8 for the quantized ones.
-      kvattn::LlamaWeights<float> dw;
-      dw.config = sw.config;
-      dw.token_embedding = sw.token_embedding.dense();
-      dw.final_norm = sw.final_norm;
-      if (sw.classifier.size() != 0) dw.classifier = sw.classifier.dense();
+      // The reference: the file's matrices decoded by the dense reader
+      // (gguf_llama_weights, not StoredMatrix), the inputs of the products
+      // whose tensors are Q8_0 / Q4_0 rounded to Q8_0 (the shared files use
+      // one type per kind of matrix in every layer).
+      const kvattn::LlamaWeights<float> dw = kvattn::gguf_llama_weights<float>(*file);
       unsigned q8 = 0;
-      auto mark = [&q8](const StoredMatrix& m, unsigned bit) {
-        for (const StoredMatrix::Band& b : m.bands()) {
-          if (b.type == ggml::Q8_0 || b.type == ggml::Q4_0) q8 |= bit;
-        }
-        return m.dense();
+      auto mark = [&](const std::string& name, unsigned bit) {
+        const kvattn::GgufTensor* t = file->find_tensor(name);
+        if (t != nullptr && (t->type == ggml::Q8_0 || t->type == ggml::Q4_0)) q8 |= bit;
       };
-      for (const auto& l : sw.layers) {
-        kvattn::LlamaLayerWeights<float> d;
-        d.attention_norm = l.attention_norm;
-        d.ffn_norm = l.ffn_norm;
-        d.attention.wq = mark(l.attention.wq, reference::kQ8Wq);
-        d.attention.wk = mark(l.attention.wk, reference::kQ8Wk);
-        d.attention.wv = mark(l.attention.wv, reference::kQ8Wv);
-        d.attention.wo = mark(l.attention.wo, reference::kQ8Wo);
-        d.w1 = mark(l.w1, reference::kQ8W1);
-        d.w2 = mark(l.w2, reference::kQ8W2);
-        d.w3 = mark(l.w3, reference::kQ8W3);
-        dw.layers.push_back(std::move(d));
-      }
-      mark(sw.classifier.size() != 0 ? sw.classifier : sw.token_embedding, reference::kQ8Cls);
+      mark("blk.0.attn_q.weight", reference::kQ8Wq);
+      mark("blk.0.attn_k.weight", reference::kQ8Wk);
+      mark("blk.0.attn_v.weight", reference::kQ8Wv);
+      mark("blk.0.attn_output.weight", reference::kQ8Wo);
+      mark("blk.0.ffn_gate.weight", reference::kQ8W1);
+      mark("blk.0.ffn_down.weight", reference::kQ8W2);
+      mark("blk.0.ffn_up.weight", reference::kQ8W3);
+      mark(dw.classifier.size() != 0 ? "output.weight" : "token_embd.weight", reference::kQ8Cls);
       reference::LlamaFile ref = test::reference_of(dw);
       ref.q8 = q8;
       const double bound = q8 != 0 ? kBound : 1e-4;

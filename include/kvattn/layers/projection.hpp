@@ -114,7 +114,8 @@ class Linear : detail::WeightTraits<T, Weight> {
     return y;
   }
 
-  /// One token into existing storage: x [in], y [out]; allocates nothing.
+  /// One token into existing storage: x [in], y [out]; allocates nothing
+  /// (Stored: but the first Q8_0 / Q4_0 product may grow its thread's scratch).
   void forward(const Eigen::Ref<const Vector<T>>& x, Eigen::Ref<Vector<T>> y) const {
     check_in("Linear::forward", x.size(), "elements");
     detail::check_size("Linear::forward", "y", y.size(), "out_features", out_features());

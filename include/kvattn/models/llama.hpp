@@ -330,8 +330,9 @@ class Llama {
   Vector<T> prefill(const std::vector<int>& tokens, LlamaState<T, Storage>& state) {
     detail::check_arg(!tokens.empty(), "Llama::prefill", "tokens.size()", 0, "> 0");
     Vector<T> logits(config_.vocab_size);  // allocated before the state changes
+    const Eigen::Index pos = state.caches_.empty() ? 0 : state.pos();
     run(tokens, state, "Llama::prefill");
-    last_logits(logits);
+    last_logits(logits, state, pos);
     return logits;
   }
 
@@ -340,8 +341,9 @@ class Llama {
   Vector<T> step(int token, LlamaState<T, Storage>& state) {
     single_[0] = token;
     Vector<T> logits(config_.vocab_size);  // allocated before the state changes
+    const Eigen::Index pos = state.caches_.empty() ? 0 : state.pos();
     run(single_, state, "Llama::step");
-    last_logits(logits);
+    last_logits(logits, state, pos);
     return logits;
   }
 
@@ -453,8 +455,16 @@ class Llama {
     }
   }
 
-  void last_logits(Vector<T>& logits) const {
-    ops::linear<T, Weight>(classifier(), Vector<T>(), x_.row(x_.rows() - 1).transpose(), logits);
+  // The classifier on the last row; if it throws (a first product may grow
+  // scratch), the state is rolled back to `pos`.
+  template <class Storage>
+  void last_logits(Vector<T>& logits, LlamaState<T, Storage>& state, Eigen::Index pos) const {
+    try {
+      ops::linear<T, Weight>(classifier(), Vector<T>(), x_.row(x_.rows() - 1).transpose(), logits);
+    } catch (...) {
+      state.truncate(pos);
+      throw;
+    }
   }
 
   // Runs the tokens through every layer; leaves the final-normed hidden

@@ -13,6 +13,7 @@
 /// Q8_0 activations, as llama.cpp's CPU kernels do). The other types kvattn
 /// reads (Q4_1, Q5_0, Q5_1, IQ4_NL) are dequantized to an owned F32 copy.
 
+#include <kvattn/cache/storage.hpp>
 #include <kvattn/error.hpp>
 #include <kvattn/io/ggml_quants.hpp>
 #include <kvattn/kernels/quantize.hpp>
@@ -49,13 +50,22 @@ class StoredMatrix {
 
   /// rows x cols values of ggml type `type` at data (ggml_row_bytes(type,
   /// cols) per row), kept alive by `owner` (not copied). A type without a
-  /// product kernel is dequantized to an owned F32 copy. Throws
+  /// product kernel is dequantized to an owned F32 copy, and F32 / F16 /
+  /// BF16 bytes not aligned for their type are copied. Throws
   /// std::invalid_argument for a type kvattn does not read, a block that
   /// does not divide cols, or an empty matrix.
   static StoredMatrix view(uint32_t type, Eigen::Index rows, Eigen::Index cols,
                            const unsigned char* data, std::shared_ptr<const void> owner) {
     check_shape("StoredMatrix::view", rows, cols);
     const Eigen::Index row_bytes = Eigen::Index(ggml_row_bytes(type, cols));  // checks the type
+    const uintptr_t align =
+        type == ggml::F32 ? 4 : (type == ggml::F16 || type == ggml::BF16 ? 2 : 1);
+    if (reinterpret_cast<uintptr_t>(data) % align != 0) {  // a file with general.alignment 1
+      auto copy = std::make_shared<std::vector<float>>(size_t((rows * row_bytes + 3) / 4));
+      std::memcpy(copy->data(), data, size_t(rows * row_bytes));
+      const auto* bytes = reinterpret_cast<const unsigned char*>(copy->data());
+      return view(type, rows, cols, bytes, std::move(copy));
+    }
     if (!has_kernel(type)) {
       auto copy = std::make_shared<std::vector<float>>(size_t(rows * cols));
       for (Eigen::Index r = 0; r < rows; ++r) {
@@ -68,9 +78,10 @@ class StoredMatrix {
   }
 
   /// m encoded as `type`, owned: F32 copied, F16 and BF16 rounded to nearest
-  /// even, Q8_0 and Q4_0 quantized per 32 values of a row (Q8_0: d = max|x| /
-  /// 127; Q4_0: kernels::quantize_q4_0). Throws std::invalid_argument for
-  /// another type, cols not a multiple of 32 for Q8_0 / Q4_0, or an empty m.
+  /// even (F16 saturating at +-65504, as the caches and dense half weights), Q8_0 and Q4_0
+  /// quantized per 32 values of a row (Q8_0: d = max|x| / 127; Q4_0: kernels::quantize_q4_0).
+  /// Throws std::invalid_argument for another type, cols not a multiple of 32 for Q8_0 / Q4_0, or
+  /// an empty m.
   static StoredMatrix encode(const Eigen::Ref<const RowMatrix<float>>& m,
                              uint32_t type = ggml::F32) {
     const Eigen::Index rows = m.rows(), cols = m.cols();
@@ -79,6 +90,11 @@ class StoredMatrix {
       throw std::invalid_argument(detail::concat("StoredMatrix::encode: type ",
                                                  detail::ggml_type_desc(type),
                                                  ", expected F32, F16, BF16, Q8_0 or Q4_0"));
+    }
+    if ((type == ggml::Q8_0 || type == ggml::Q4_0) && cols % kernels::kQuantBlock != 0) {
+      throw std::invalid_argument(detail::concat("StoredMatrix::encode: cols = ", cols,
+                                                 ", expected a multiple of 32 for ",
+                                                 ggml_type_name(type)));
     }
     const Eigen::Index row_bytes = Eigen::Index(ggml_row_bytes(type, cols));
     // Whole floats, so that an F32 copy is aligned for its loads.
@@ -93,11 +109,12 @@ class StoredMatrix {
   /// Throws std::invalid_argument unless every part has the same cols.
   static StoredMatrix stack(const std::vector<const StoredMatrix*>& parts) {
     StoredMatrix s;
-    for (const StoredMatrix* p : parts) {
-      if (s.rows_ == 0) s.cols_ = p->cols_;
+    for (size_t i = 0; i < parts.size(); ++i) {
+      const StoredMatrix* p = parts[i];
+      if (i == 0) s.cols_ = p->cols_;
       if (p->cols_ != s.cols_) {
-        throw std::invalid_argument(detail::concat("StoredMatrix::stack: a part has ", p->cols_,
-                                                   " columns, expected ", s.cols_));
+        throw std::invalid_argument(detail::concat("StoredMatrix::stack: parts[", i, "] has ",
+                                                   p->cols_, " columns, expected ", s.cols_));
       }
       for (Band b : p->bands_) {
         b.first += s.rows_;
@@ -169,14 +186,11 @@ class StoredMatrix {
       kernels::quantize_q8_0(x, n, reinterpret_cast<kernels::BlockQ8_0*>(out));
     } else if (type == ggml::Q4_0) {
       kernels::quantize_q4_0(x, n, out);
+    } else if (type == ggml::F16) {  // as the dense half weights and caches round (saturating)
+      detail::encode_row<float, Eigen::half>(x, n, reinterpret_cast<Eigen::half*>(out), nullptr);
     } else {
-      for (Eigen::Index j = 0; j < n; ++j) {
-        const uint16_t h = type == ggml::F16
-                               ? Eigen::numext::bit_cast<uint16_t>(Eigen::half(x[j]))
-                               : Eigen::numext::bit_cast<uint16_t>(Eigen::bfloat16(x[j]));
-        out[2 * j] = uint8_t(h & 0xFF);
-        out[2 * j + 1] = uint8_t(h >> 8);
-      }
+      detail::encode_row<float, Eigen::bfloat16>(x, n, reinterpret_cast<Eigen::bfloat16*>(out),
+                                                 nullptr);
     }
   }
 
