@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <fstream>
 #include <stdexcept>
 #include <string>
@@ -23,6 +24,12 @@ struct LlamaFile {
   // Products whose input is first rounded to Q8_0 blocks, as llama.cpp
   // multiplies Q8_0 / Q4_0 weights: a mask of the Q8 bits below.
   unsigned q8 = 0;
+  // When nonzero, each input of a Q8_0 rounding is first scaled by
+  // 1 + q8_jitter or 1 - q8_jitter (a sign hashed from the value and
+  // jitter_seed): float-sized noise that lets a caller measure how far codes
+  // flipping on a rounding boundary move the logits.
+  double q8_jitter = 0;
+  std::uint64_t jitter_seed = 0;
 };
 
 enum : unsigned {
@@ -47,7 +54,16 @@ inline double round_half(double x) {
 
 // x as Q8_0 blocks give it back: per 32 values, codes round(x * 127 / max|x|)
 // times the scale max|x| / 127 rounded to half.
-inline std::vector<double> q8_round(const std::vector<double>& x) {
+inline std::vector<double> q8_round(std::vector<double> x, double jitter = 0,
+                                    std::uint64_t seed = 0) {
+  if (jitter != 0) {
+    for (double& v : x) {
+      std::uint64_t h = 0;
+      std::memcpy(&h, &v, sizeof h);
+      h = (h ^ seed) * 0x9E3779B97F4A7C15ull;  // Fibonacci hashing: the top bit is the sign
+      v *= (h >> 63) != 0 ? 1 + jitter : 1 - jitter;
+    }
+  }
   std::vector<double> y(x.size(), 0.0);
   for (size_t b = 0; b + 32 <= x.size(); b += 32) {
     double amax = 0;
@@ -110,7 +126,7 @@ inline std::vector<double> matvec(const LlamaFile& f, size_t at, size_t rows, si
 // matvec, the input first rounded to Q8_0 when f.q8 has `bit`.
 inline std::vector<double> matvec_as(const LlamaFile& f, unsigned bit, size_t at, size_t rows,
                                      size_t cols, const std::vector<double>& x) {
-  return matvec(f, at, rows, cols, (f.q8 & bit) != 0 ? q8_round(x) : x);
+  return matvec(f, at, rows, cols, (f.q8 & bit) != 0 ? q8_round(x, f.q8_jitter, f.jitter_seed) : x);
 }
 
 inline std::vector<double> rmsnorm(const LlamaFile& f, size_t at, const std::vector<double>& x) {
