@@ -28,6 +28,21 @@
 #define KVATTN_UNROLL
 #endif
 
+/// In optimized GCC builds the x86 targets' kernels are compiled as at -O3
+/// whatever the user's level: at -O2 GCC leaves them measurably slower (its
+/// -O3-only loop passes and inlining limits together make the difference;
+/// neither alone does; docs/kernels.md). Placed after each target's
+/// `#pragma GCC push_options`, so it ends with the target's region; the
+/// kernels are reached only through the dispatch table, never inlined into
+/// the user's code. Define KVATTN_KERNELS_AT_BUILD_LEVEL to compile them at
+/// the build's own level. Clang needs nothing: its -O2 runs the same passes.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__OPTIMIZE__) && \
+    !defined(__OPTIMIZE_SIZE__) && !defined(KVATTN_KERNELS_AT_BUILD_LEVEL)
+#define KVATTN_KERNEL_OPTIMIZE _Pragma("GCC optimize(\"O3\")")
+#else
+#define KVATTN_KERNEL_OPTIMIZE
+#endif
+
 namespace kvattn::kernels {
 
 /// The float an IEEE half's bits stand for (exact).

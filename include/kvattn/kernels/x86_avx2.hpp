@@ -14,6 +14,7 @@
 #elif defined(__GNUC__)
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
+KVATTN_KERNEL_OPTIMIZE
 #endif
 
 namespace kvattn::kernels::avx2 {

@@ -36,6 +36,7 @@
 #elif defined(__GNUC__)
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
+KVATTN_KERNEL_OPTIMIZE
 #endif
 
 namespace kvattn::kernels::avx512 {
@@ -201,6 +202,7 @@ namespace kvattn::kernels::avx512 {
 #elif defined(__GNUC__)
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")
+KVATTN_KERNEL_OPTIMIZE
 #endif
 
 namespace kvattn::kernels::avx512vnni {
