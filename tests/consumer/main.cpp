@@ -16,6 +16,7 @@ int main() {
   const kvattn::Vector<float> y = layer.step(x, cache);  // one token attends only itself: y = x
   const bool ok =
       cache.size() == 1 && std::abs(y(0) - 3.0f) < 1e-6f && std::abs(y(1) - 4.0f) < 1e-6f;
-  std::printf("kvattn %s consumer: %s\n", kvattn::version, ok ? "ok" : "WRONG");
+  std::printf("kvattn %s consumer (kernel target %s): %s\n", kvattn::version,
+              kvattn::kernel_target(), ok ? "ok" : "WRONG");
   return ok ? 0 : 1;
 }

@@ -10,9 +10,14 @@
 /// supports (an error naming the supported ones otherwise). With
 /// KVATTN_NO_DISPATCH defined (CMake option KVATTN_DISPATCH=OFF) only the
 /// portable target and the one the compiler's own flags enable are built.
+///
+/// Compiling the kernels once: every translation unit that includes this
+/// header compiles every target's kernels, tens of seconds each at -O3. With
+/// KVATTN_PRECOMPILED_KERNELS defined in every translation unit of a
+/// program, they are only declared here, and the one unit that also defines
+/// KVATTN_KERNELS_IMPLEMENTATION before including this header compiles them
+/// (CMake: link kvattn::kernels, a static library made of that one unit).
 
-#include <kvattn/kernels/cpu.hpp>
-#include <kvattn/kernels/portable.hpp>
 #include <kvattn/kernels/types.hpp>
 
 #include <atomic>
@@ -20,6 +25,12 @@
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#if defined(KVATTN_PRECOMPILED_KERNELS) && !defined(KVATTN_KERNELS_IMPLEMENTATION)
+#define KVATTN_KERNELS_DECLARED_ONLY 1
+#else
+#include <kvattn/kernels/cpu.hpp>
+#include <kvattn/kernels/portable.hpp>
 
 #if defined(KVATTN_CPU_X86) && \
     (!defined(KVATTN_NO_DISPATCH) || (defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)))
@@ -37,6 +48,7 @@
 #include <kvattn/kernels/arm_neon.hpp>
 #define KVATTN_HAVE_TARGET_NEON 1
 #endif
+#endif  // KVATTN_KERNELS_DECLARED_ONLY
 
 namespace kvattn::kernels {
 
@@ -46,6 +58,21 @@ struct Target {
   bool (*supported)();  ///< whether the running CPU can execute it
   const KernelTable& (*table)();
 };
+
+#if defined(KVATTN_KERNELS_DECLARED_ONLY)
+
+/// Every target compiled in, best first; the last is always "portable".
+/// Defined in the unit that compiles the kernels.
+const std::vector<Target>& compiled_targets();
+
+#else
+
+// External in the unit that compiles the kernels, inline everywhere else.
+#if defined(KVATTN_PRECOMPILED_KERNELS)
+#define KVATTN_KERNELS_LINKAGE
+#else
+#define KVATTN_KERNELS_LINKAGE inline
+#endif
 
 namespace detail {
 
@@ -62,7 +89,7 @@ inline bool has_avx512vnni() { return has_avx512() && cpu_features().avx512vnni;
 }  // namespace detail
 
 /// Every target compiled in, best first; the last is always "portable".
-inline const std::vector<Target>& compiled_targets() {
+KVATTN_KERNELS_LINKAGE const std::vector<Target>& compiled_targets() {
   static const std::vector<Target> targets = [] {
     std::vector<Target> t;
 #if defined(KVATTN_HAVE_TARGET_AVX512)
@@ -82,6 +109,9 @@ inline const std::vector<Target>& compiled_targets() {
   }();
   return targets;
 }
+
+#undef KVATTN_KERNELS_LINKAGE
+#endif  // KVATTN_KERNELS_DECLARED_ONLY
 
 /// Names of the compiled targets the running CPU supports, best first.
 inline std::vector<std::string> supported_targets() {
@@ -119,7 +149,7 @@ inline const KernelTable& choose_target() {
   for (const Target& t : compiled_targets()) {
     if (t.supported()) return t.table();
   }
-  return portable::table();
+  return compiled_targets().back().table();  // portable
 }
 
 inline std::atomic<const KernelTable*>& active_slot() {
