@@ -1,8 +1,8 @@
 #pragma once
 /// \file
 /// What every target header needs before it opens its namespace: the
-/// includes of generic_inl.hpp (which includes nothing itself) and the
-/// macros the kernels use.
+/// includes of generic_inl.hpp (which includes only its own parts) and
+/// the macros the kernels use.
 
 #include <kvattn/kernels/types.hpp>
 

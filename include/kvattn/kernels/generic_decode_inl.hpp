@@ -1,0 +1,118 @@
+// The kernels of generic_inl.hpp, continued: one decode item.
+// Included by generic_inl.hpp only (no include guard: it compiles inside a
+// target's namespace and instruction-set region, once per target).
+
+// ---------------------------------------------------------------------------
+// One decode item (ChunkTask): gather the chunk's row pointers from its
+// spans, then keys and values stream through in tiles of as many bytes as
+// 16 fp32 rows (16-bit storage: 32 rows, int8: 64), each tile read once for
+// the whole group, with the tile 16 fp32 rows' worth ahead prefetched (in
+// the order rows are consumed: keys, values, then the next chunk's keys).
+// ---------------------------------------------------------------------------
+
+inline constexpr Index kTileBytesRows = 16;  // fp32 rows per tile; other storage: same bytes
+
+/// Hints for the rows [a, a + count) of the chunk's row sequence `rows` (size `total`).
+template <class S>
+Prefetch<S> prefetch_at(const S* const* rows, Index total, Index a, Index count, Index hd) {
+  Prefetch<S> p;
+  if (a < total) {
+    p.rows = rows + a;
+    p.count = std::min(count, total - a);
+    p.row_lines = (hd * Index(sizeof(S)) + 63) / 64;
+  }
+  return p;
+}
+
+template <class S>
+void attend(const ChunkTask<S>& t) {
+  const Index g = t.g, hd = t.hd, n = t.n;
+  const ChunkScratchLayout at(g, hd);
+  char* base = static_cast<char*>(t.scratch);
+  float* scores = reinterpret_cast<float*>(base + at.scores);    // [n x g]
+  const S** rows = reinterpret_cast<const S**>(base + at.rows);  // keys [n], values [n], next
+  float* k_scales = reinterpret_cast<float*>(base + at.scales);  // [n]
+  float* v_scales = k_scales + kDecodeChunk;                     // [n]
+  const bool scaled = t.spans[0].k_scales != nullptr;
+  Index j = 0;
+  for (Index i = 0; i < t.n_spans; ++i) {
+    const KVSpan<S>& sp = t.spans[i];
+    for (Index r = 0; r < sp.rows; ++r, ++j) {
+      rows[j] = sp.k + r * sp.stride;
+      rows[n + j] = sp.v + r * sp.stride;
+      if (scaled) {
+        k_scales[j] = sp.k_scales[r];
+        v_scales[j] = sp.v_scales[r];
+      }
+    }
+  }
+  constexpr Index per_float = sizeof(S) >= 4 ? 1 : Index(4 / sizeof(S));
+  constexpr Index tile = kTileBytesRows * per_float, ahead = kTileBytesRows * per_float;
+  const Index next = std::min(t.next.rows, tile);
+  for (Index r = 0; r < next; ++r) rows[2 * n + r] = t.next.k + r * t.next.stride;
+  const Index total = 2 * n + next;
+  const S* const* krow = rows;
+  const S* const* vrow = rows + n;
+  for (Index i = 0; i < g * hd; ++i) t.acc[i] = 0.0f;
+
+#if defined(KVATTN_KERNEL_INTEGER)
+  if constexpr (std::is_same<S, std::int8_t>::value) {
+    if (integer_head_dim(hd)) {
+      std::int16_t* q16 = reinterpret_cast<std::int16_t*>(base + at.q16);  // [g x hd]
+      float* qs = reinterpret_cast<float*>(base + at.qs);                  // [g]
+      std::int16_t* w16 = reinterpret_cast<std::int16_t*>(base + at.w16);  // row pairs
+      quantize_query(t.q, g, hd, q16, qs);
+      for (Index j0 = 0; j0 < n; j0 += tile) {
+        ScoresI8Op op{q16,
+                      qs,
+                      g,
+                      hd,
+                      krow + j0,
+                      k_scales + j0,
+                      std::min(tile, n - j0),
+                      t.scale,
+                      scores + j0 * g,
+                      prefetch_at(rows, total, j0 + ahead, tile, hd)};
+        head_blocks(g, op);
+      }
+      softmax_parts(scores, n, g, t.m, t.l);
+      const float ws = quantize_weights(scores, n, g, v_scales, w16);
+      for (Index j0 = 0; j0 < n; j0 += tile) {  // j0 even: pair j0/2
+        AccumulateI8Op op{
+            w16 + j0 * g,           g,  hd,    vrow + j0,
+            std::min(tile, n - j0), ws, t.acc, prefetch_at(rows, total, n + j0 + ahead, tile, hd)};
+        head_blocks(g, op);
+      }
+      return;
+    }
+  }
+#endif
+  for (Index j0 = 0; j0 < n; j0 += tile) {
+    ScoresOp<S> op{t.q,
+                   g,
+                   hd,
+                   krow + j0,
+                   scaled ? k_scales + j0 : nullptr,
+                   std::min(tile, n - j0),
+                   t.scale,
+                   scores + j0 * g,
+                   prefetch_at(rows, total, j0 + ahead, tile, hd)};
+    head_blocks(g, op);
+  }
+  softmax_parts(scores, n, g, t.m, t.l);
+  if (scaled) {  // int8: fold each value row's scale into its weights
+    for (Index jj = 0; jj < n; ++jj) {
+      for (Index r = 0; r < g; ++r) scores[jj * g + r] *= v_scales[jj];
+    }
+  }
+  for (Index j0 = 0; j0 < n; j0 += tile) {
+    AccumulateOp<S> op{scores + j0 * g,
+                       g,
+                       hd,
+                       vrow + j0,
+                       std::min(tile, n - j0),
+                       t.acc,
+                       prefetch_at(rows, total, n + j0 + ahead, tile, hd)};
+    head_blocks(g, op);
+  }
+}
