@@ -5,7 +5,24 @@
 
 #include <kvattn/models/llama.hpp>
 
+#include <algorithm>
+#include <vector>
+
 namespace test {
+
+/// kvattn's greedy continuation of `prompt` to `length` tokens: the prompt
+/// prefilled, then one step per token.
+template <class Model>
+std::vector<int> greedy_tokens(Model& llama, std::vector<int> tokens, size_t length) {
+  auto state = llama.make_state(Eigen::Index(length));
+  kvattn::Vector<float> logits = llama.prefill(tokens, state);
+  while (tokens.size() < length) {
+    tokens.push_back(
+        int(std::max_element(logits.data(), logits.data() + logits.size()) - logits.data()));
+    logits = llama.step(tokens.back(), state);
+  }
+  return tokens;
+}
 
 inline reference::LlamaFile reference_of(const kvattn::LlamaWeights<float>& w) {
   const kvattn::LlamaConfig& c = w.config;

@@ -123,14 +123,7 @@ TEST(StoredLlama, SharedGgufFilesMatchTheQ8ActivationReference) {
       int checked = 0, positions = 0;
       for (const std::vector<int>& prompt :
            {std::vector<int>{1}, std::vector<int>{1, 368, 430, 281, 269, 435, 447}}) {
-        std::vector<int> tokens = prompt;
-        kvattn::LlamaState<float> state = llama.make_state(64);
-        kvattn::Vector<float> logits = llama.prefill(tokens, state);
-        while (tokens.size() < 40) {
-          tokens.push_back(
-              int(std::max_element(logits.data(), logits.data() + logits.size()) - logits.data()));
-          logits = llama.step(tokens.back(), state);
-        }
+        const std::vector<int> tokens = test::greedy_tokens(llama, prompt, 40);
         kvattn::LlamaState<float> again = llama.make_state(64);
         const RowMatrix<float> got = llama.forward(tokens, again);
         const std::vector<std::vector<double>> want = reference::llama_logits(ref, tokens);
