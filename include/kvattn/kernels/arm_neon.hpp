@@ -100,6 +100,10 @@ struct V {
     return vreinterpretq_s16_s32(vdupq_n_s32(both));
   }
   static F to_float(I32 a) { return vcvtq_f32_s32(a); }
+  static F load_halves(const float* lo, const float* hi) {
+    return vcombine_f32(vld1_f32(lo), vld1_f32(hi));
+  }
+  static F set_halves(float lo, float hi) { return vcombine_f32(vdup_n_f32(lo), vdup_n_f32(hi)); }
   static void reduce_i32(const I32* a, int n, std::int32_t* out) {
     for (int i = 0; i < n; ++i) out[i] = vaddvq_s32(a[i]);
   }

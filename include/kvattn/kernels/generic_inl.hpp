@@ -25,6 +25,7 @@
 //     dot_pairs(I32 acc, I16 a, I16 b): acc_i + a_2i b_2i + a_2i+1 b_2i+1,
 //     interleave_i8(a, b): the kLanes pairs (a[d], b[d]) as I16,
 //     broadcast_pair(const int16_t*), to_float(I32),
+//     load_halves(lo, hi) (kLanes/2 floats from each), set_halves(lo, hi),
 //     reduce_i32(const I32* a, int n, int32_t* out) (exact),
 //     store_i16(int16_t*, F integral), store_pairs_i16(int16_t*, F a, F b)
 //     (2*kLanes int16: a_i, b_i interleaved; values in [0, 32767])
@@ -100,14 +101,16 @@ struct Prefetch {
     const Index total = count * row_lines;
     per_part = parts > 0 ? (total + parts - 1) / parts : total;
   }
-  /// Step i of a kernel's inner loop: a group of hints every kHintEvery steps.
-  KVATTN_KERNEL_INLINE void step(Index i) {
-    if ((i & (V::kHintEvery - 1)) == 0) part();
-  }
+  /// The next group of per_part lines, row by row (kernels call it once
+  /// every kHintEvery inner steps, at the start of each block of steps).
   KVATTN_KERNEL_INLINE void part() {
-    for (Index c = 0; c < per_part && row < count; ++c) {
-      V::prefetch(reinterpret_cast<const char*>(rows[row]) + 64 * line);
-      if (++line == row_lines) {
+    for (Index left = per_part; left > 0 && row < count;) {
+      const char* p = reinterpret_cast<const char*>(rows[row]) + 64 * line;
+      const Index take = std::min(left, row_lines - line);
+      for (Index c = 0; c < take; ++c) V::prefetch(p + 64 * c);
+      left -= take;
+      line += take;
+      if (line == row_lines) {
         line = 0;
         ++row;
       }
@@ -155,23 +158,26 @@ KVATTN_KERNEL_INLINE void scores_tile(const float* q, Index g, Index hd, const S
   KVATTN_UNROLL
   for (int i = 0; i < R * H; ++i) acc[i] = V::zero();
   const Index full = hd - hd % L;
-  for (Index d = 0; d < full; d += L) {
-    pf.step(d / L);
-    F kv[R];
-    KVATTN_UNROLL
-    for (int r = 0; r < R; ++r) {
-      // keep() on a local, not on the array element: an element whose address
-      // is taken makes GCC store the array on every iteration.
-      F loaded = V::load(k[r] + d);
-      if constexpr (H > 1) V::keep(loaded);  // else one use: a folded load is best
-      kv[r] = loaded;
-    }
-    KVATTN_UNROLL
-    for (int h = 0; h < H; ++h) {
-      F qv = V::loadu(q + h * hd + d);
-      V::keep(qv);
+  for (Index d0 = 0; d0 < full; d0 += V::kHintEvery * L) {
+    pf.part();
+    const Index d1 = std::min(full, d0 + V::kHintEvery * L);
+    for (Index d = d0; d < d1; d += L) {
+      F kv[R];
       KVATTN_UNROLL
-      for (int r = 0; r < R; ++r) acc[r * H + h] = V::fma(kv[r], qv, acc[r * H + h]);
+      for (int r = 0; r < R; ++r) {
+        // keep() on a local, not on the array element: an element whose address
+        // is taken makes GCC store the array on every iteration.
+        F loaded = V::load(k[r] + d);
+        if constexpr (H > 1) V::keep(loaded);  // else one use: a folded load is best
+        kv[r] = loaded;
+      }
+      KVATTN_UNROLL
+      for (int h = 0; h < H; ++h) {
+        F qv = V::loadu(q + h * hd + d);
+        V::keep(qv);
+        KVATTN_UNROLL
+        for (int r = 0; r < R; ++r) acc[r * H + h] = V::fma(kv[r], qv, acc[r * H + h]);
+      }
     }
   }
   if (full < hd) {
@@ -313,20 +319,23 @@ KVATTN_KERNEL_INLINE void accumulate_tile(const float* p, Index g, Index hd, con
     KVATTN_UNROLL
     for (int e = 0; e < D; ++e) acc[h * D + e] = V::loadu(o + h * hd + d + e * L);
   }
-  for (Index j = 0; j < n; ++j) {
-    pf.step(j);
-    F x[D];
-    KVATTN_UNROLL
-    for (int e = 0; e < D; ++e) {
-      F loaded = V::load(v[j] + d + e * L);
-      if constexpr (H > 1) V::keep(loaded);
-      x[e] = loaded;
-    }
-    KVATTN_UNROLL
-    for (int h = 0; h < H; ++h) {
-      const F w = V::set1(p[j * g + h]);
+  for (Index j0 = 0; j0 < n; j0 += V::kHintEvery) {
+    pf.part();
+    const Index j1 = std::min(n, j0 + V::kHintEvery);
+    for (Index j = j0; j < j1; ++j) {
+      F x[D];
       KVATTN_UNROLL
-      for (int e = 0; e < D; ++e) acc[h * D + e] = V::fma(w, x[e], acc[h * D + e]);
+      for (int e = 0; e < D; ++e) {
+        F loaded = V::load(v[j] + d + e * L);
+        if constexpr (H > 1) V::keep(loaded);
+        x[e] = loaded;
+      }
+      KVATTN_UNROLL
+      for (int h = 0; h < H; ++h) {
+        const F w = V::set1(p[j * g + h]);
+        KVATTN_UNROLL
+        for (int e = 0; e < D; ++e) acc[h * D + e] = V::fma(w, x[e], acc[h * D + e]);
+      }
     }
   }
   KVATTN_UNROLL

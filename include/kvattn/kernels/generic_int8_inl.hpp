@@ -81,7 +81,18 @@ inline float quantize_weights(const float* p, Index n, Index g, const float* vs,
   const float vmax = abs_max(vs, n, finite);
   const float ws = finite ? vmax / 32767.0f : std::numeric_limits<float>::quiet_NaN();
   const float inv = finite && vmax > 0.0f ? 32767.0f / vmax : 0.0f;
-  for (Index j = 0; j < n; j += 2) {
+  Index j = 0;
+  if (2 * g == L) {  // two pairs per vector: rows j, j+2 in one, j+1, j+3 in the other
+    for (; j + 4 <= n; j += 4) {
+      const float* p0 = p + j * g;
+      const F a =
+          V::mul(V::load_halves(p0, p0 + 2 * g), V::set_halves(vs[j] * inv, vs[j + 2] * inv));
+      const F b = V::mul(V::load_halves(p0 + g, p0 + 3 * g),
+                         V::set_halves(vs[j + 1] * inv, vs[j + 3] * inv));
+      V::store_pairs_i16(w16 + j * g, V::round(a), V::round(b));
+    }
+  }
+  for (; j < n; j += 2) {
     const float f0 = vs[j] * inv, f1 = j + 1 < n ? vs[j + 1] * inv : 0.0f;
     const float* p0 = p + j * g;
     const float* p1 = j + 1 < n ? p0 + g : p0;  // times f1 = 0 when missing
@@ -106,16 +117,19 @@ KVATTN_KERNEL_INLINE void scores_tile_i8(const std::int16_t* q16, const float* q
   typename V::I32 acc[R * H];
   KVATTN_UNROLL
   for (int i = 0; i < R * H; ++i) acc[i] = V::izero();
-  for (Index d = 0; d < hd; d += 2 * L) {
-    pf.step(d / (2 * L));
-    typename V::I16 kv[R];
-    KVATTN_UNROLL
-    for (int r = 0; r < R; ++r) kv[r] = V::load_i8_i16(k[r] + d);
-    KVATTN_UNROLL
-    for (int h = 0; h < H; ++h) {
-      const typename V::I16 qv = V::load_i16(q16 + h * hd + d);
+  for (Index d0 = 0; d0 < hd; d0 += V::kHintEvery * 2 * L) {
+    pf.part();
+    const Index d1 = std::min(hd, d0 + V::kHintEvery * 2 * L);
+    for (Index d = d0; d < d1; d += 2 * L) {
+      typename V::I16 kv[R];
       KVATTN_UNROLL
-      for (int r = 0; r < R; ++r) acc[r * H + h] = V::dot_pairs(acc[r * H + h], kv[r], qv);
+      for (int r = 0; r < R; ++r) kv[r] = V::load_i8_i16(k[r] + d);
+      KVATTN_UNROLL
+      for (int h = 0; h < H; ++h) {
+        const typename V::I16 qv = V::load_i16(q16 + h * hd + d);
+        KVATTN_UNROLL
+        for (int r = 0; r < R; ++r) acc[r * H + h] = V::dot_pairs(acc[r * H + h], kv[r], qv);
+      }
     }
   }
   std::int32_t sums[R * H];
@@ -172,13 +186,17 @@ KVATTN_KERNEL_INLINE void accumulate_tile_i8(const std::int16_t* w16, Index g, I
   typename V::I32 acc[H * D];
   KVATTN_UNROLL
   for (int i = 0; i < H * D; ++i) acc[i] = V::izero();
+  const Index pairs_end = n - n % 2;
   Index j = 0;
-  for (; j + 2 <= n; j += 2) {
-    pf.step(j / 2);
-    typename V::I16 x[D];
-    KVATTN_UNROLL
-    for (int e = 0; e < D; ++e) x[e] = V::interleave_i8(v[j] + d + e * L, v[j + 1] + d + e * L);
-    accumulate_pair<H, D>(w16 + j * g, x, acc);
+  while (j < pairs_end) {  // blocks of kHintEvery row pairs, a group of hints each
+    pf.part();
+    const Index j1 = std::min(pairs_end, j + 2 * V::kHintEvery);
+    for (; j < j1; j += 2) {
+      typename V::I16 x[D];
+      KVATTN_UNROLL
+      for (int e = 0; e < D; ++e) x[e] = V::interleave_i8(v[j] + d + e * L, v[j + 1] + d + e * L);
+      accumulate_pair<H, D>(w16 + j * g, x, acc);
+    }
   }
   if (j < n) {  // an odd last row, paired with a row of zeros (its code is 0 too)
     typename V::I16 x[D];

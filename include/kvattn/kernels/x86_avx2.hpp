@@ -174,6 +174,12 @@ struct V {
     return _mm256_set1_epi32(both);
   }
   static F to_float(I32 a) { return _mm256_cvtepi32_ps(a); }
+  static F load_halves(const float* lo, const float* hi) {
+    return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(lo)), _mm_loadu_ps(hi), 1);
+  }
+  static F set_halves(float lo, float hi) {
+    return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_set1_ps(lo)), _mm_set1_ps(hi), 1);
+  }
   static void reduce_i32(const I32* a, int n, std::int32_t* out) {
     __m256i b[8];
     for (int i = 0; i < 8; ++i) b[i] = i < n ? a[i] : _mm256_setzero_si256();

@@ -148,6 +148,12 @@ struct V {
     return _mm512_set1_epi32(both);
   }
   static F to_float(I32 a) { return _mm512_cvtepi32_ps(a); }
+  static F load_halves(const float* lo, const float* hi) {
+    return _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(lo)), _mm256_loadu_ps(hi), 1);
+  }
+  static F set_halves(float lo, float hi) {
+    return _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps(lo)), _mm256_set1_ps(hi), 1);
+  }
   static void reduce_i32(const I32* a, int n, std::int32_t* out) {
     for (int i0 = 0; i0 < n; i0 += 8) {
       __m256i b[8];
