@@ -94,6 +94,11 @@ struct V {
   static I16 interleave_i8(const std::int8_t* a, const std::int8_t* b) {
     return vmovl_s8(vzip1_s8(load4_i8(a), load4_i8(b)));
   }
+  static void interleave2_i8(const std::int8_t* a, const std::int8_t* b, I16* x) {
+    const int8x8_t ra = vld1_s8(a), rb = vld1_s8(b);
+    x[0] = vmovl_s8(vzip1_s8(ra, rb));
+    x[1] = vmovl_s8(vzip2_s8(ra, rb));
+  }
   static I16 broadcast_pair(const std::int16_t* w) {
     std::int32_t both;
     std::memcpy(&both, w, sizeof both);
@@ -104,8 +109,8 @@ struct V {
     return vcombine_f32(vld1_f32(lo), vld1_f32(hi));
   }
   static F set_halves(float lo, float hi) { return vcombine_f32(vdup_n_f32(lo), vdup_n_f32(hi)); }
-  static void reduce_i32(const I32* a, int n, std::int32_t* out) {
-    for (int i = 0; i < n; ++i) out[i] = vaddvq_s32(a[i]);
+  static void scaled_sums_i32(const I32* a, int n, const float* f, float* out) {
+    for (int i = 0; i < n; ++i) out[i] = float(vaddvq_s32(a[i])) * f[i];
   }
   static void store_i16(std::int16_t* out, F x) { vst1_s16(out, vqmovn_s32(vcvtnq_s32_f32(x))); }
   static void store_pairs_i16(std::int16_t* out, F a, F b) {

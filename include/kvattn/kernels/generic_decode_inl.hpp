@@ -20,6 +20,15 @@ Prefetch<S> prefetch_at(const S* const* rows, Index total, Index a, Index count,
     p.rows = rows + a;
     p.count = std::min(count, total - a);
     p.row_lines = (hd * Index(sizeof(S)) + 63) / 64;
+    // Dense rows in order (one span of the cache, the common case) are one
+    // range, hinted by a single cursor instead of row by row.
+    const Index bytes = hd * Index(sizeof(S));
+    bool dense = bytes % 64 == 0;
+    for (Index i = 1; dense && i < p.count; ++i) {
+      dense = reinterpret_cast<const char*>(p.rows[i]) ==
+              reinterpret_cast<const char*>(p.rows[i - 1]) + bytes;
+    }
+    if (dense) p.run = reinterpret_cast<const char*>(p.rows[0]);
   }
   return p;
 }
@@ -31,18 +40,27 @@ void attend(const ChunkTask<S>& t) {
   char* base = static_cast<char*>(t.scratch);
   float* scores = reinterpret_cast<float*>(base + at.scores);    // [n x g]
   const S** rows = reinterpret_cast<const S**>(base + at.rows);  // keys [n], values [n], next
-  float* k_scales = reinterpret_cast<float*>(base + at.scales);  // [n]
-  float* v_scales = k_scales + kDecodeChunk;                     // [n]
   const bool scaled = t.spans[0].k_scales != nullptr;
+  // Row scales: the span's own when there is one span, else gathered. (A
+  // gathering loop at the start of every chunk waits on the scales' cold
+  // lines one after another; the kernels' reads overlap them with work.)
+  const float* k_scales = t.spans[0].k_scales;
+  const float* v_scales = t.spans[0].v_scales;
+  float* k_gather = reinterpret_cast<float*>(base + at.scales);  // [n]
+  float* v_gather = k_gather + kDecodeChunk;                     // [n]
+  if (scaled && t.n_spans > 1) {
+    k_scales = k_gather;
+    v_scales = v_gather;
+  }
   Index j = 0;
   for (Index i = 0; i < t.n_spans; ++i) {
     const KVSpan<S>& sp = t.spans[i];
     for (Index r = 0; r < sp.rows; ++r, ++j) {
       rows[j] = sp.k + r * sp.stride;
       rows[n + j] = sp.v + r * sp.stride;
-      if (scaled) {
-        k_scales[j] = sp.k_scales[r];
-        v_scales[j] = sp.v_scales[r];
+      if (scaled && t.n_spans > 1) {
+        k_gather[j] = sp.k_scales[r];
+        v_gather[j] = sp.v_scales[r];
       }
     }
   }

@@ -24,9 +24,11 @@
 //     load_i8_i16(const int8_t*), load_i16(const int16_t*),
 //     dot_pairs(I32 acc, I16 a, I16 b): acc_i + a_2i b_2i + a_2i+1 b_2i+1,
 //     interleave_i8(a, b): the kLanes pairs (a[d], b[d]) as I16,
+//     interleave2_i8(a, b, I16 x[2]): the same for 2*kLanes values (x[1]: the upper kLanes),
 //     broadcast_pair(const int16_t*), to_float(I32),
 //     load_halves(lo, hi) (kLanes/2 floats from each), set_halves(lo, hi),
-//     reduce_i32(const I32* a, int n, int32_t* out) (exact),
+//     scaled_sums_i32(const I32* a, int n, const float* f, float* out):
+//       out[i] = float(the exact sum of a[i]'s lanes) * f[i],
 //     store_i16(int16_t*, F integral), store_pairs_i16(int16_t*, F a, F b)
 //     (2*kLanes int16: a_i, b_i interleaved; values in [0, 32767])
 //   kHintEvery: inner steps (feature vectors of a score tile, rows of a
@@ -93,18 +95,24 @@ KVATTN_KERNEL_INLINE float round_even(float x) { return (x + 12582912.0f) - 1258
 template <class S>
 struct Prefetch {
   const S* const* rows = nullptr;
-  Index count = 0;      // rows to hint
-  Index row_lines = 0;  // 64-byte lines per row
+  Index count = 0;            // rows to hint
+  Index row_lines = 0;        // 64-byte lines per row
+  const char* run = nullptr;  // the rows back to back from here (dense, in order), else null
   Index per_part = 0, row = 0, line = 0;
 
   void split(Index parts) {  // parts <= 0: all at the first part
     const Index total = count * row_lines;
     per_part = parts > 0 ? (total + parts - 1) / parts : total;
   }
-  /// The next group of per_part lines, row by row (kernels call it once
-  /// every kHintEvery inner steps, at the start of each block of steps).
+  /// The next group of per_part lines (kernels call it once every
+  /// kHintEvery inner steps, at the start of each block of steps).
   KVATTN_KERNEL_INLINE void part() {
-    for (Index left = per_part; left > 0 && row < count;) {
+    if (run != nullptr) {  // one range: `line` counts lines from its start
+      const Index end = std::min(count * row_lines, line + per_part);
+      for (; line < end; ++line) V::prefetch(run + 64 * line);
+      return;
+    }
+    for (Index left = per_part; left > 0 && row < count;) {  // row by row
       const char* p = reinterpret_cast<const char*>(rows[row]) + 64 * line;
       const Index take = std::min(left, row_lines - line);
       for (Index c = 0; c < take; ++c) V::prefetch(p + 64 * c);

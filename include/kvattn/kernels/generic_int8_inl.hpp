@@ -132,12 +132,22 @@ KVATTN_KERNEL_INLINE void scores_tile_i8(const std::int16_t* q16, const float* q
       }
     }
   }
-  std::int32_t sums[R * H];
-  V::reduce_i32(acc, R * H, sums);
+  float f[R * H];
   KVATTN_UNROLL
   for (int r = 0; r < R; ++r) {
     KVATTN_UNROLL
-    for (int h = 0; h < H; ++h) s[r * g + h] = float(sums[r * H + h]) * (scale * c[r] * qs[h]);
+    for (int h = 0; h < H; ++h) f[r * H + h] = scale * c[r] * qs[h];
+  }
+  if (H == g) {  // the tile's scores are R whole rows of s, one run of R * H
+    V::scaled_sums_i32(acc, R * H, f, s);
+    return;
+  }
+  float out[R * H];
+  V::scaled_sums_i32(acc, R * H, f, out);
+  KVATTN_UNROLL
+  for (int r = 0; r < R; ++r) {
+    KVATTN_UNROLL
+    for (int h = 0; h < H; ++h) s[r * g + h] = out[r * H + h];
   }
 }
 
@@ -178,11 +188,24 @@ KVATTN_KERNEL_INLINE void accumulate_pair(const std::int16_t* wp, const typename
   }
 }
 
+/// x[e] = the pairs (a[e*L + i], b[e*L + i]) for D vectors (two per load where D is even).
+template <int D>
+KVATTN_KERNEL_INLINE void interleave_rows(const std::int8_t* a, const std::int8_t* b,
+                                          typename V::I16* x) {
+  if constexpr (D % 2 == 0) {
+    KVATTN_UNROLL
+    for (int e = 0; e < D; e += 2) V::interleave2_i8(a + e * L, b + e * L, x + e);
+  } else {
+    KVATTN_UNROLL
+    for (int e = 0; e < D; ++e) x[e] = V::interleave_i8(a + e * L, b + e * L);
+  }
+}
+
 template <int H, int D>
 KVATTN_KERNEL_INLINE void accumulate_tile_i8(const std::int16_t* w16, Index g, Index hd,
                                              const std::int8_t* const* v, Index n, Index d,
                                              float ws, float* o, Prefetch<std::int8_t>& pf) {
-  alignas(64) static constexpr std::int8_t zeros[64] = {};
+  alignas(64) static constexpr std::int8_t zeros[kAcc * L] = {};  // D * L <= kAcc * L bytes
   typename V::I32 acc[H * D];
   KVATTN_UNROLL
   for (int i = 0; i < H * D; ++i) acc[i] = V::izero();
@@ -193,15 +216,13 @@ KVATTN_KERNEL_INLINE void accumulate_tile_i8(const std::int16_t* w16, Index g, I
     const Index j1 = std::min(pairs_end, j + 2 * V::kHintEvery);
     for (; j < j1; j += 2) {
       typename V::I16 x[D];
-      KVATTN_UNROLL
-      for (int e = 0; e < D; ++e) x[e] = V::interleave_i8(v[j] + d + e * L, v[j + 1] + d + e * L);
+      interleave_rows<D>(v[j] + d, v[j + 1] + d, x);
       accumulate_pair<H, D>(w16 + j * g, x, acc);
     }
   }
   if (j < n) {  // an odd last row, paired with a row of zeros (its code is 0 too)
     typename V::I16 x[D];
-    KVATTN_UNROLL
-    for (int e = 0; e < D; ++e) x[e] = V::interleave_i8(v[j] + d + e * L, zeros);
+    interleave_rows<D>(v[j] + d, zeros, x);
     accumulate_pair<H, D>(w16 + j * g, x, acc);
   }
   const F scale = V::set1(ws);

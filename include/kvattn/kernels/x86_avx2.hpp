@@ -168,6 +168,12 @@ struct V {
     const __m128i rb = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(b));
     return _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(ra, rb));
   }
+  static void interleave2_i8(const std::int8_t* a, const std::int8_t* b, I16* x) {
+    const __m128i ra = _mm_loadu_si128(reinterpret_cast<const __m128i*>(a));
+    const __m128i rb = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b));
+    x[0] = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(ra, rb));
+    x[1] = _mm256_cvtepi8_epi16(_mm_unpackhi_epi8(ra, rb));
+  }
   static I16 broadcast_pair(const std::int16_t* w) {
     std::int32_t both;
     std::memcpy(&both, w, sizeof both);
@@ -180,12 +186,16 @@ struct V {
   static F set_halves(float lo, float hi) {
     return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_set1_ps(lo)), _mm_set1_ps(hi), 1);
   }
-  static void reduce_i32(const I32* a, int n, std::int32_t* out) {
+  static void scaled_sums_i32(const I32* a, int n, const float* f, float* out) {
+    if (n == 8) {
+      _mm256_storeu_ps(out, _mm256_mul_ps(_mm256_cvtepi32_ps(isum8(a)), _mm256_loadu_ps(f)));
+      return;
+    }
     __m256i b[8];
     for (int i = 0; i < 8; ++i) b[i] = i < n ? a[i] : _mm256_setzero_si256();
-    alignas(32) std::int32_t all[8];
-    _mm256_store_si256(reinterpret_cast<__m256i*>(all), isum8(b));
-    for (int i = 0; i < n; ++i) out[i] = all[i];
+    alignas(32) float all[8];
+    _mm256_store_ps(all, _mm256_cvtepi32_ps(isum8(b)));
+    for (int i = 0; i < n; ++i) out[i] = all[i] * f[i];
   }
   static void store_i16(std::int16_t* out, F x) {
     const __m256i i = _mm256_cvtps_epi32(x);

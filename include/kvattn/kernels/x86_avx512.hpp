@@ -142,6 +142,10 @@ struct V {
                                                  _mm_unpackhi_epi8(ra, rb), 1);
     return _mm512_cvtepi8_epi16(both);
   }
+  static void interleave2_i8(const std::int8_t* a, const std::int8_t* b, I16* x) {
+    x[0] = interleave_i8(a, b);
+    x[1] = interleave_i8(a + 16, b + 16);
+  }
   static I16 broadcast_pair(const std::int16_t* w) {
     std::int32_t both;
     std::memcpy(&both, w, sizeof both);
@@ -154,16 +158,21 @@ struct V {
   static F set_halves(float lo, float hi) {
     return _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps(lo)), _mm256_set1_ps(hi), 1);
   }
-  static void reduce_i32(const I32* a, int n, std::int32_t* out) {
+  static void scaled_sums_i32(const I32* a, int n, const float* f, float* out) {
     for (int i0 = 0; i0 < n; i0 += 8) {
       __m256i b[8];
       for (int i = 0; i < 8; ++i) {
         b[i] = i0 + i < n ? _mm256_add_epi32(_mm512_castsi512_si256(a[i0 + i]), upper(a[i0 + i]))
                           : _mm256_setzero_si256();
       }
-      alignas(32) std::int32_t all[8];
-      _mm256_store_si256(reinterpret_cast<__m256i*>(all), avx2::isum8(b));
-      for (int i = 0; i < 8 && i0 + i < n; ++i) out[i0 + i] = all[i];
+      const __m256 sums = _mm256_cvtepi32_ps(avx2::isum8(b));
+      if (n - i0 >= 8) {
+        _mm256_storeu_ps(out + i0, _mm256_mul_ps(sums, _mm256_loadu_ps(f + i0)));
+      } else {
+        alignas(32) float all[8];
+        _mm256_store_ps(all, sums);
+        for (int i = 0; i0 + i < n; ++i) out[i0 + i] = all[i] * f[i0 + i];
+      }
     }
   }
   static void store_i16(std::int16_t* out, F x) {
