@@ -12,26 +12,31 @@
 
 inline constexpr Index kTileBytesRows = 16;  // fp32 rows per tile; other storage: same bytes
 
-/// Hints for the rows [a, a + count) of the chunk's row sequence `rows` (size `total`).
+/// The chunk's row sequence as hints see it: keys [0, n), values [n, 2n),
+/// then the next chunk's first keys [2n, total). dense[i] is where part i's
+/// rows lie back to back (one span, rows one row apart, whole cache lines),
+/// else null: such a range is hinted from one cursor instead of row by row.
 template <class S>
-Prefetch<S> prefetch_at(const S* const* rows, Index total, Index a, Index count, Index hd) {
-  Prefetch<S> p;
-  if (a < total) {
+struct RowSequence {
+  const S* const* rows;
+  Index n, total, hd;
+  const char* dense[3];
+
+  /// Hints for the rows [a, a + count) of the sequence.
+  Prefetch<S> at(Index a, Index count) const {
+    Prefetch<S> p;
+    if (a >= total) return p;
     p.rows = rows + a;
     p.count = std::min(count, total - a);
     p.row_lines = (hd * Index(sizeof(S)) + 63) / 64;
-    // Dense rows in order (one span of the cache, the common case) are one
-    // range, hinted by a single cursor instead of row by row.
-    const Index bytes = hd * Index(sizeof(S));
-    bool dense = bytes % 64 == 0;
-    for (Index i = 1; dense && i < p.count; ++i) {
-      dense = reinterpret_cast<const char*>(p.rows[i]) ==
-              reinterpret_cast<const char*>(p.rows[i - 1]) + bytes;
+    const Index part = a < n ? 0 : a < 2 * n ? 1 : 2;
+    const Index begin = part * n, end = part < 2 ? begin + n : total;
+    if (dense[part] != nullptr && a + p.count <= end) {
+      p.run = dense[part] + (a - begin) * hd * Index(sizeof(S));
     }
-    if (dense) p.run = reinterpret_cast<const char*>(p.rows[0]);
+    return p;
   }
-  return p;
-}
+};
 
 template <class S>
 void attend(const ChunkTask<S>& t) {
@@ -71,6 +76,15 @@ void attend(const ChunkTask<S>& t) {
   const Index total = 2 * n + next;
   const S* const* krow = rows;
   const S* const* vrow = rows + n;
+  RowSequence<S> seq{rows, n, total, hd, {nullptr, nullptr, nullptr}};
+  if (hd * Index(sizeof(S)) % 64 == 0) {
+    const auto bytes = [](const S* p) { return reinterpret_cast<const char*>(p); };
+    if (t.n_spans == 1 && t.spans[0].stride == hd) {
+      seq.dense[0] = bytes(t.spans[0].k);
+      seq.dense[1] = bytes(t.spans[0].v);
+    }
+    if (next > 0 && t.next.stride == hd) seq.dense[2] = bytes(t.next.k);
+  }
   for (Index i = 0; i < g * hd; ++i) t.acc[i] = 0.0f;
 
 #if defined(KVATTN_KERNEL_INTEGER)
@@ -90,15 +104,14 @@ void attend(const ChunkTask<S>& t) {
                       std::min(tile, n - j0),
                       t.scale,
                       scores + j0 * g,
-                      prefetch_at(rows, total, j0 + ahead, tile, hd)};
+                      seq.at(j0 + ahead, tile)};
         head_blocks(g, op);
       }
       softmax_parts(scores, n, g, t.m, t.l);
       const float ws = quantize_weights(scores, n, g, v_scales, w16);
       for (Index j0 = 0; j0 < n; j0 += tile) {  // j0 even: pair j0/2
-        AccumulateI8Op op{
-            w16 + j0 * g,           g,  hd,    vrow + j0,
-            std::min(tile, n - j0), ws, t.acc, prefetch_at(rows, total, n + j0 + ahead, tile, hd)};
+        AccumulateI8Op op{w16 + j0 * g,           g,  hd,    vrow + j0,
+                          std::min(tile, n - j0), ws, t.acc, seq.at(n + j0 + ahead, tile)};
         head_blocks(g, op);
       }
       return;
@@ -114,7 +127,7 @@ void attend(const ChunkTask<S>& t) {
                    std::min(tile, n - j0),
                    t.scale,
                    scores + j0 * g,
-                   prefetch_at(rows, total, j0 + ahead, tile, hd)};
+                   seq.at(j0 + ahead, tile)};
     head_blocks(g, op);
   }
   softmax_parts(scores, n, g, t.m, t.l);
@@ -130,7 +143,7 @@ void attend(const ChunkTask<S>& t) {
                        vrow + j0,
                        std::min(tile, n - j0),
                        t.acc,
-                       prefetch_at(rows, total, n + j0 + ahead, tile, hd)};
+                       seq.at(n + j0 + ahead, tile)};
     head_blocks(g, op);
   }
 }
