@@ -106,20 +106,21 @@ const RowMatrix<float>& random_rows(Index ctx) {  // [ctx x kv_dim], keys and va
   return r;
 }
 
-// `count` sequences of ctx positions in one pool (filled once per shape).
+// `count` sequences of ctx positions in one pool of `block`-position blocks
+// (filled once per shape).
 template <class S>
 struct Pool {
   std::unique_ptr<kvattn::PagedKVCache<float, S>> cache;
   std::vector<SeqId> seqs;
 };
 template <class S>
-Pool<S>& pool(Index ctx, Index count = kMaxBatch) {
-  static std::map<std::pair<Index, Index>, Pool<S>> m;
-  Pool<S>& p = m[{ctx, count}];
+Pool<S>& pool(Index ctx, Index count = kMaxBatch, Index block = 16) {
+  static std::map<std::tuple<Index, Index, Index>, Pool<S>> m;
+  Pool<S>& p = m[{ctx, count, block}];
   if (!p.cache) {
-    const Index blocks = count * (ctx / 16 + 1);
+    const Index blocks = count * (ctx / block + 1);
     p.cache = std::make_unique<kvattn::PagedKVCache<float, S>>(
-        kvattn::PagedCacheConfig{1, kKv, kHeadDim, 16, blocks});
+        kvattn::PagedCacheConfig{1, kKv, kHeadDim, block, blocks});
     const RowMatrix<float>& rows = random_rows(ctx);
     for (Index b = 0; b < count; ++b) {
       p.seqs.push_back(p.cache->add_sequence());
@@ -213,7 +214,7 @@ void BM_ContiguousStep(benchmark::State& state) {
 // per chunk (KVCache) or one run per block (the pool).
 template <bool Paged>
 void BM_Attention(benchmark::State& state) {
-  const Index ctx = state.range(0);
+  const Index ctx = state.range(0), block = Paged ? state.range(2) : 16;
   const int threads = int(state.range(1));
   bench::set_threads(threads);
   static std::unique_ptr<kvattn::KVCache<float>> flat;
@@ -221,7 +222,7 @@ void BM_Attention(benchmark::State& state) {
     flat = std::make_unique<kvattn::KVCache<float>>(kKv, kHeadDim, ctx);
     flat->append(random_rows(ctx), random_rows(ctx));
   }
-  Pool<float>& p = pool<float>(ctx, 1);
+  Pool<float>& p = pool<float>(ctx, 1, block);
   kvattn::Vector<float> q(kConfig.q_dim()), out(kConfig.q_dim());
   bench::fill(q.data(), q.size(), 1.0f, 5);
   kvattn::ops::AttentionScratch<float> scratch;
@@ -263,8 +264,13 @@ void contiguous_args(benchmark::internal::Benchmark* b) {
   }
   b->Unit(benchmark::kMillisecond)->UseManualTime();
 }
-void attention_args(benchmark::internal::Benchmark* b) {
+void flat_attention_args(benchmark::internal::Benchmark* b) {
   b->ArgNames({"ctx", "threads"})->Args({16384, 1})->Args({16384, 2});
+  b->Unit(benchmark::kMillisecond)->UseManualTime();
+}
+void paged_attention_args(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"ctx", "threads", "block"});
+  for (Index block : {16, 64}) b->Args({16384, 1, block})->Args({16384, 2, block});
   b->Unit(benchmark::kMillisecond)->UseManualTime();
 }
 
@@ -272,8 +278,8 @@ void attention_args(benchmark::internal::Benchmark* b) {
 
 BENCHMARK(bench::BM_ReadBandwidth)->Apply(bench::read_bandwidth_args);
 BENCHMARK(BM_FmaRate)->Apply(fma_args);
-BENCHMARK(BM_Attention<false>)->Name("BM_AttentionContiguous")->Apply(attention_args);
-BENCHMARK(BM_Attention<true>)->Name("BM_AttentionPaged")->Apply(attention_args);
+BENCHMARK(BM_Attention<false>)->Name("BM_AttentionContiguous")->Apply(flat_attention_args);
+BENCHMARK(BM_Attention<true>)->Name("BM_AttentionPaged")->Apply(paged_attention_args);
 BENCHMARK(BM_ContiguousStep<float>)->Apply(contiguous_args);
 BENCHMARK(BM_PagedStep<float>)->Apply(step_args);
 BENCHMARK(BM_ContiguousStep<Eigen::bfloat16>)->Apply(contiguous_args);

@@ -13,14 +13,16 @@
 inline constexpr Index kTileBytesRows = 16;  // fp32 rows per tile; other storage: same bytes
 
 /// The chunk's row sequence as hints see it: keys [0, n), values [n, 2n),
-/// then the next chunk's first keys [2n, total). dense[i] is where part i's
-/// rows lie back to back (one span, rows one row apart, whole cache lines),
-/// else null: such a range is hinted from one cursor instead of row by row.
+/// then the next chunk's first keys [2n, total). A range of rows inside one
+/// span whose rows lie back to back (stride head_dim, whole cache lines) is
+/// hinted from one cursor; any other range row by row.
 template <class S>
 struct RowSequence {
   const S* const* rows;
   Index n, total, hd;
-  const char* dense[3];
+  const KVSpan<S>* spans;  // the chunk's, n rows in all
+  Index n_spans;
+  const KVSpan<S>* next;  // the next chunk's first span (total - 2n rows of it)
 
   /// Hints for the rows [a, a + count) of the sequence.
   Prefetch<S> at(Index a, Index count) const {
@@ -29,10 +31,21 @@ struct RowSequence {
     p.rows = rows + a;
     p.count = std::min(count, total - a);
     p.row_lines = (hd * Index(sizeof(S)) + 63) / 64;
-    const Index part = a < n ? 0 : a < 2 * n ? 1 : 2;
-    const Index begin = part * n, end = part < 2 ? begin + n : total;
-    if (dense[part] != nullptr && a + p.count <= end) {
-      p.run = dense[part] + (a - begin) * hd * Index(sizeof(S));
+    if (hd * Index(sizeof(S)) % 64 != 0) return p;
+    const auto bytes = [](const S* r) { return reinterpret_cast<const char*>(r); };
+    if (a >= 2 * n) {
+      if (next->stride == hd) p.run = bytes(next->k + (a - 2 * n) * hd);
+      return p;
+    }
+    const bool values = a >= n;
+    Index begin = values ? n : 0;
+    for (Index i = 0; i < n_spans; begin += spans[i].rows, ++i) {
+      if (a < begin + spans[i].rows) {
+        if (spans[i].stride == hd && a + p.count <= begin + spans[i].rows) {
+          p.run = bytes((values ? spans[i].v : spans[i].k) + (a - begin) * hd);
+        }
+        break;
+      }
     }
     return p;
   }
@@ -76,15 +89,7 @@ void attend(const ChunkTask<S>& t) {
   const Index total = 2 * n + next;
   const S* const* krow = rows;
   const S* const* vrow = rows + n;
-  RowSequence<S> seq{rows, n, total, hd, {nullptr, nullptr, nullptr}};
-  if (hd * Index(sizeof(S)) % 64 == 0) {
-    const auto bytes = [](const S* p) { return reinterpret_cast<const char*>(p); };
-    if (t.n_spans == 1 && t.spans[0].stride == hd) {
-      seq.dense[0] = bytes(t.spans[0].k);
-      seq.dense[1] = bytes(t.spans[0].v);
-    }
-    if (next > 0 && t.next.stride == hd) seq.dense[2] = bytes(t.next.k);
-  }
+  const RowSequence<S> seq{rows, n, total, hd, t.spans, t.n_spans, &t.next};
   for (Index i = 0; i < g * hd; ++i) t.acc[i] = 0.0f;
 
 #if defined(KVATTN_KERNEL_INTEGER)
