@@ -81,6 +81,7 @@ struct V {
     __asm__ volatile("prfm pldl1keep, [%0]" : : "r"(p));
   }
   static void prefetch_l2(const void* p) { __asm__ volatile("prfm pldl2keep, [%0]" : : "r"(p)); }
+  static void prefetch_row(const void* p) { prefetch(p); }
 
   // int8 rows in the integer domain.
   static I32 izero() { return vdupq_n_s32(0); }

@@ -32,9 +32,15 @@ struct RowSequence {
     p.count = std::min(count, total - a);
     p.row_lines = (hd * Index(sizeof(S)) + 63) / 64;
     if (hd * Index(sizeof(S)) % 64 != 0) return p;
-    const auto bytes = [](const S* r) { return reinterpret_cast<const char*>(r); };
+    // A dense range: one row from the span's base pointer, `first` rows in.
+    const auto dense = [&](const S* const* base, Index first) {
+      p.row_lines = (first + p.count) * hd * Index(sizeof(S)) / 64;
+      p.line = first * hd * Index(sizeof(S)) / 64;
+      p.rows = base;
+      p.count = 1;
+    };
     if (a >= 2 * n) {
-      if (next->stride == hd) p.run = bytes(next->k + (a - 2 * n) * hd);
+      if (next->stride == hd) dense(&next->k, a - 2 * n);
       return p;
     }
     const bool values = a >= n;
@@ -42,7 +48,7 @@ struct RowSequence {
     for (Index i = 0; i < n_spans; begin += spans[i].rows, ++i) {
       if (a < begin + spans[i].rows) {
         if (spans[i].stride == hd && a + p.count <= begin + spans[i].rows) {
-          p.run = bytes((values ? spans[i].v : spans[i].k) + (a - begin) * hd);
+          dense(values ? &spans[i].v : &spans[i].k, a - begin);
         }
         break;
       }

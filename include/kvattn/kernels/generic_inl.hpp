@@ -16,7 +16,8 @@
 //   void reduce(const F* a, int n, float* out): out[i] = the sum of a[i]'s
 //     lanes in the target's one fixed order, for n <= kTileAcc vectors
 //   void keep(F&): keep a value in a register (no load folded into each use)
-//   void prefetch(const void*) (into L1), prefetch_l2(const void*)
+//   void prefetch(const void*) (into L1), prefetch_l2(const void*),
+//     prefetch_row(const void*) (the decode kernels' hint for a cache row line)
 //   kTileAcc: accumulator vectors a register tile may hold
 //   kGemmRows1 (rows per tile for one vector), kGemmRows x kGemmCols (more)
 //   kIntegerDot: whether the int8 integer kernels exist; if so also
@@ -95,27 +96,24 @@ KVATTN_KERNEL_INLINE float round_even(float x) { return (x + 12582912.0f) - 1258
 template <class S>
 struct Prefetch {
   const S* const* rows = nullptr;
-  Index count = 0;            // rows to hint
-  Index row_lines = 0;        // 64-byte lines per row
-  const char* run = nullptr;  // the rows back to back from here (dense, in order), else null
-  Index per_part = 0, row = 0, line = 0;
+  Index count = 0;      // rows to hint
+  Index row_lines = 0;  // 64-byte lines per row
+  // The cursor: line `line` of row `row`. A dense run of rows (back to back,
+  // in order) is given as one row that starts `line` lines in, so that one
+  // loop serves both.
+  Index row = 0, line = 0, per_part = 0;
 
   void split(Index parts) {  // parts <= 0: all at the first part
-    const Index total = count * row_lines;
+    const Index total = count * row_lines - line;
     per_part = parts > 0 ? (total + parts - 1) / parts : total;
   }
-  /// The next group of per_part lines (kernels call it once every
-  /// kHintEvery inner steps, at the start of each block of steps).
+  /// The next group of per_part lines, row by row (kernels call it once
+  /// every kHintEvery inner steps, at the start of each block of steps).
   KVATTN_KERNEL_INLINE void part() {
-    if (run != nullptr) {  // one range: `line` counts lines from its start
-      const Index end = std::min(count * row_lines, line + per_part);
-      for (; line < end; ++line) V::prefetch(run + 64 * line);
-      return;
-    }
-    for (Index left = per_part; left > 0 && row < count;) {  // row by row
+    for (Index left = per_part; left > 0 && row < count;) {
       const char* p = reinterpret_cast<const char*>(rows[row]) + 64 * line;
       const Index take = std::min(left, row_lines - line);
-      for (Index c = 0; c < take; ++c) V::prefetch(p + 64 * c);
+      for (Index c = 0; c < take; ++c) V::prefetch_row(p + 64 * c);
       left -= take;
       line += take;
       if (line == row_lines) {

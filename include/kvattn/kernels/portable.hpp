@@ -125,6 +125,7 @@ struct V {
     (void)p;
 #endif
   }
+  static void prefetch_row(const void* p) { prefetch(p); }
   // Quantized blocks (generic_quant_inl.hpp): codes dotted in int32, one
   // lane.
   using QAcc = float;

@@ -151,6 +151,7 @@ struct V {
   static void prefetch_l2(const void* p) {
     __asm__ volatile("prefetcht1 %0" : : "m"(*static_cast<const char*>(p)));
   }
+  static void prefetch_row(const void* p) { prefetch(p); }
 
   // int8 rows in the integer domain.
   static I32 izero() { return _mm256_setzero_si256(); }

@@ -125,6 +125,8 @@ struct V {
   static void prefetch_l2(const void* p) {
     __asm__ volatile("prefetcht1 %0" : : "m"(*static_cast<const char*>(p)));
   }
+  // Into L2: hints into L1 waited on the line fill buffers (docs/kernels.md).
+  static void prefetch_row(const void* p) { prefetch_l2(p); }
 
   // int8 rows in the integer domain.
   static I32 izero() { return _mm512_setzero_si512(); }
