@@ -106,10 +106,22 @@ struct V {
     return vreinterpretq_s16_s32(vdupq_n_s32(both));
   }
   static F to_float(I32 a) { return vcvtq_f32_s32(a); }
-  static F load_halves(const float* lo, const float* hi) {
-    return vcombine_f32(vld1_f32(lo), vld1_f32(hi));
+  // Rows of g values, g 1 or 2 (quantize_weights).
+  static F expand_rows(const float* f, Index g) {  // lane i: f[i / g]; reads 4 / g values
+    if (g == 1) return vld1q_f32(f);
+    const float32x2_t two = vld1_f32(f);
+    return vcombine_f32(vdup_lane_f32(two, 0), vdup_lane_f32(two, 1));
   }
-  static F set_halves(float lo, float hi) { return vcombine_f32(vdup_n_f32(lo), vdup_n_f32(hi)); }
+  static void split_rows(F x0, F x1, Index g, F& even, F& odd) {
+    if (g == 1) {
+      even = vuzp1q_f32(x0, x1);
+      odd = vuzp2q_f32(x0, x1);
+      return;
+    }
+    const float64x2_t a = vreinterpretq_f64_f32(x0), b = vreinterpretq_f64_f32(x1);
+    even = vreinterpretq_f32_f64(vuzp1q_f64(a, b));
+    odd = vreinterpretq_f32_f64(vuzp2q_f64(a, b));
+  }
   static void scaled_sums_i32(const I32* a, int n, const float* f, float* out) {
     for (int i = 0; i < n; ++i) out[i] = float(vaddvq_s32(a[i])) * f[i];
   }

@@ -27,7 +27,9 @@
 //     interleave_i8(a, b): the kLanes pairs (a[d], b[d]) as I16,
 //     interleave2_i8(a, b, I16 x[2]): the same for 2*kLanes values (x[1]: the upper kLanes),
 //     broadcast_pair(const int16_t*), to_float(I32),
-//     load_halves(lo, hi) (kLanes/2 floats from each), set_halves(lo, hi),
+//     for rows of g values (g a power of two, 2 g <= kLanes):
+//     expand_rows(const float* f, g): lane i = f[i / g] (reads kLanes / g values),
+//     split_rows(F x0, F x1, g, F& even, F& odd): the even and the odd rows of x0, x1,
 //     scaled_sums_i32(const I32* a, int n, const float* f, float* out):
 //       out[i] = float(the exact sum of a[i]'s lanes) * f[i],
 //     store_i16(int16_t*, F integral), store_pairs_i16(int16_t*, F a, F b)

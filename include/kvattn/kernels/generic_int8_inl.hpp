@@ -82,14 +82,16 @@ inline float quantize_weights(const float* p, Index n, Index g, const float* vs,
   const float ws = finite ? vmax / 32767.0f : std::numeric_limits<float>::quiet_NaN();
   const float inv = finite && vmax > 0.0f ? 32767.0f / vmax : 0.0f;
   Index j = 0;
-  if (2 * g == L) {  // two pairs per vector: rows j, j+2 in one, j+1, j+3 in the other
-    for (; j + 4 <= n; j += 4) {
+  if (2 * g <= L && (g & (g - 1)) == 0) {  // 2 L / g rows per step, even and odd rows split
+    const Index step = 2 * L / g;
+    for (; j + step <= n; j += step) {
       const float* p0 = p + j * g;
-      const F a =
-          V::mul(V::load_halves(p0, p0 + 2 * g), V::set_halves(vs[j] * inv, vs[j + 2] * inv));
-      const F b = V::mul(V::load_halves(p0 + g, p0 + 3 * g),
-                         V::set_halves(vs[j + 1] * inv, vs[j + 3] * inv));
-      V::store_pairs_i16(w16 + j * g, V::round(a), V::round(b));
+      const F x0 = V::mul(V::loadu(p0), V::mul(V::expand_rows(vs + j, g), V::set1(inv)));
+      const F x1 =
+          V::mul(V::loadu(p0 + L), V::mul(V::expand_rows(vs + j + L / g, g), V::set1(inv)));
+      F even, odd;
+      V::split_rows(x0, x1, g, even, odd);
+      V::store_pairs_i16(w16 + j * g, V::round(even), V::round(odd));
     }
   }
   for (; j < n; j += 2) {

@@ -181,11 +181,24 @@ struct V {
     return _mm256_set1_epi32(both);
   }
   static F to_float(I32 a) { return _mm256_cvtepi32_ps(a); }
-  static F load_halves(const float* lo, const float* hi) {
-    return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(lo)), _mm_loadu_ps(hi), 1);
+  // Rows of g values, g a power of two <= 4 (quantize_weights).
+  static F expand_rows(const float* f, Index g) {  // lane i: f[i / g]; reads 8 / g values
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    if (g == 1) return _mm256_loadu_ps(f);
+    const __m256i take = _mm256_cmpgt_epi32(_mm256_set1_epi32(int(8 / g)), lane);
+    const __m128i shift = _mm_cvtsi32_si128(__builtin_ctzll(std::uint64_t(g)));
+    return _mm256_permutevar8x32_ps(_mm256_maskload_ps(f, take), _mm256_srl_epi32(lane, shift));
   }
-  static F set_halves(float lo, float hi) {
-    return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_set1_ps(lo)), _mm_set1_ps(hi), 1);
+  static void split_rows(F x0, F x1, Index g, F& even, F& odd) {
+    // Within each vector: the even rows' values to the low half, the odd rows' to the high.
+    const __m128i shift = _mm_cvtsi32_si128(__builtin_ctzll(std::uint64_t(g)));
+    const __m256i i = _mm256_setr_epi32(0, 1, 2, 3, 0, 1, 2, 3);
+    const __m256i idx =
+        _mm256_add_epi32(_mm256_add_epi32(i, _mm256_sll_epi32(_mm256_srl_epi32(i, shift), shift)),
+                         _mm256_setr_epi32(0, 0, 0, 0, int(g), int(g), int(g), int(g)));
+    const F y0 = _mm256_permutevar8x32_ps(x0, idx), y1 = _mm256_permutevar8x32_ps(x1, idx);
+    even = _mm256_permute2f128_ps(y0, y1, 0x20);
+    odd = _mm256_permute2f128_ps(y0, y1, 0x31);
   }
   static void scaled_sums_i32(const I32* a, int n, const float* f, float* out) {
     if (n == 8) {

@@ -154,11 +154,23 @@ struct V {
     return _mm512_set1_epi32(both);
   }
   static F to_float(I32 a) { return _mm512_cvtepi32_ps(a); }
-  static F load_halves(const float* lo, const float* hi) {
-    return _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(lo)), _mm256_loadu_ps(hi), 1);
+  // Rows of g values, g a power of two <= 8 (quantize_weights).
+  static __m512i lane_index() {
+    return _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   }
-  static F set_halves(float lo, float hi) {
-    return _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps(lo)), _mm256_set1_ps(hi), 1);
+  static F expand_rows(const float* f, Index g) {  // lane i: f[i / g]; reads 16 / g values
+    if (g == 1) return _mm512_loadu_ps(f);
+    const __m128i shift = _mm_cvtsi32_si128(__builtin_ctzll(std::uint64_t(g)));
+    const __m512 some = _mm512_maskz_loadu_ps(__mmask16((1u << (16 / g)) - 1), f);
+    return _mm512_permutexvar_ps(_mm512_srl_epi32(lane_index(), shift), some);
+  }
+  static void split_rows(F x0, F x1, Index g, F& even, F& odd) {
+    // Lane i of `even`: element i % g of row 2 (i / g) of x0 then x1, i.e. i + (i / g) g.
+    const __m128i shift = _mm_cvtsi32_si128(__builtin_ctzll(std::uint64_t(g)));
+    const __m512i i = lane_index();
+    const __m512i idx = _mm512_add_epi32(i, _mm512_sll_epi32(_mm512_srl_epi32(i, shift), shift));
+    even = _mm512_permutex2var_ps(x0, idx, x1);
+    odd = _mm512_permutex2var_ps(x0, _mm512_add_epi32(idx, _mm512_set1_epi32(int(g))), x1);
   }
   static void scaled_sums_i32(const I32* a, int n, const float* f, float* out) {
     for (int i0 = 0; i0 < n; i0 += 8) {
