@@ -28,17 +28,26 @@ void gemv_q(const std::uint8_t* w, Index row_bytes, Index rows, const BlockQ8_0*
     for (Index b = 0; b < n_blocks; ++b) {
       const Index at = b * kBlockBytes;
       if (b % 2 == 0) {  // about one hint per cache line and row, kQuantAhead bytes ahead
-        for (Index k = 0; k < 4; ++k) {
+        const Index ahead = at + kQuantAhead;
+        if (ahead < used) {
+          KVATTN_UNROLL
+          for (Index k = 0; k < 4; ++k) V::prefetch(r[k] + ahead);
+        } else {
           // Near a row's end, the same place in the next 4 rows instead, so
-          // that every stream runs on into the next group; never past `rows`.
-          const Index ahead = at + kQuantAhead;
-          const Index row = i0 + k + (ahead < used ? 0 : 4);
-          const Index col = ahead < used ? ahead : ahead - used;
-          if (row < rows) V::prefetch(w + row * row_bytes + std::min(col, used - 1));
+          // that every stream runs on into the next group; never past `rows`
+          // (a group with a next group has all 4 rows, r[k] row i0 + k).
+          const Index col = std::min(ahead - used, used - 1);
+          KVATTN_UNROLL
+          for (Index k = 0; k < 4; ++k) {
+            if (i0 + k + 4 < rows) V::prefetch(r[k] + 4 * row_bytes + col);
+          }
         }
       }
       V::template qdot4<kBlockBytes>(r, at, x + b, acc);
     }
-    for (Index k = 0; k < nr; ++k) y[i0 + k] = V::qreduce(acc[k]);
+    float sums[4];  // every accumulator reduced by a constant index, so they stay in registers
+    KVATTN_UNROLL
+    for (int k = 0; k < 4; ++k) sums[k] = V::qreduce(acc[k]);
+    for (Index k = 0; k < nr; ++k) y[i0 + k] = sums[k];
   }
 }

@@ -260,13 +260,11 @@ KVATTN_KERNEL_INLINE void q4_0_dot4(const std::uint8_t* const* r, Index at, cons
   KVATTN_UNROLL
   for (int k = 0; k < 4; ++k) {
     const std::uint8_t* block = r[k] + at;
-    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block + 2));
+    const __m128i b = avx2::q4_0_bytes(block);
     const __m256i codes =
         _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(b, 4), m), _mm_and_si128(b, m));
-    std::uint16_t d;
-    std::memcpy(&d, block, 2);
     acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_dpbusd_epi32(minus_8x, codes, xq)),
-                             _mm256_set1_ps(_cvtsh_ss(d) * dx), acc[k]);
+                             _mm256_set1_ps(avx2::block_scale(block) * dx), acc[k]);
   }
 }
 
