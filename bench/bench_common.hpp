@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <cstring>
 #include <map>
 #include <thread>
 #include <vector>
@@ -33,6 +34,23 @@ inline void fill(float* p, Eigen::Index n, float scale, uint64_t seed) {
     s = s * 6364136223846793005ull + 1442695040888963407ull;
     p[i] = scale * (float(uint32_t(s >> 40)) / float(1 << 24) * 2.0f - 1.0f);
   }
+}
+
+// rows x cols weights in random blocks of 32 (block_bytes 34: Q8_0, 18:
+// Q4_0): a half scale in [-0.02, 0.02] first, then codes anywhere in their range.
+inline std::vector<std::uint8_t> quant_blocks(Eigen::Index block_bytes, Eigen::Index rows,
+                                              Eigen::Index cols, uint64_t seed) {
+  std::vector<std::uint8_t> w(size_t(rows * cols / 32 * block_bytes));
+  uint64_t r = seed * 0x9E3779B97F4A7C15ull + 1;
+  for (size_t i = 0; i < w.size(); ++i) {
+    r = r * 6364136223846793005ull + 1442695040888963407ull;
+    w[i] = std::uint8_t(r >> 56);
+  }
+  for (size_t b = 0; b < w.size(); b += size_t(block_bytes)) {
+    const Eigen::half d(0.02f * (float(w[b + 2]) / 128.0f - 1.0f));
+    std::memcpy(&w[b], &d, 2);
+  }
+  return w;
 }
 
 // Evicts the caches: reads 64 MiB.

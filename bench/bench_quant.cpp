@@ -44,21 +44,6 @@ const std::array<Shape, 7> kLayer = {{{4096, 4096},
 enum Kind { kQ8_0 = 0, kQ4_0 = 1, kBf16 = 2, kF32 = 3 };
 const char* const kKindNames[] = {"q8_0", "q4_0", "bf16", "f32"};
 
-// Random blocks: scales in [-0.02, 0.02], codes anywhere in their range.
-std::vector<std::uint8_t> quant_rows(Index block_bytes, Shape s, uint64_t seed) {
-  std::vector<std::uint8_t> w(size_t(s.rows * s.cols / 32 * block_bytes));
-  uint64_t r = seed * 0x9E3779B97F4A7C15ull + 1;
-  for (size_t i = 0; i < w.size(); ++i) {
-    r = r * 6364136223846793005ull + 1442695040888963407ull;
-    w[i] = std::uint8_t(r >> 56);
-  }
-  for (size_t b = 0; b < w.size(); b += size_t(block_bytes)) {
-    const Eigen::half d(0.02f * (float(w[b + 2]) / 128.0f - 1.0f));
-    std::memcpy(&w[b], &d, 2);
-  }
-  return w;
-}
-
 template <class W>
 kvattn::RowMatrix<W> dense_rows(Shape s, uint64_t seed) {
   kvattn::RowMatrix<float> f(s.rows, s.cols);
@@ -75,8 +60,10 @@ struct Layer {
 Layer& layer(Kind kind) {  // each kind built at its first use only
   static Layer l;
   for (size_t m = 0; m < kLayer.size(); ++m) {
-    if (kind == kQ8_0 && l.q8.size() <= m) l.q8.push_back(quant_rows(34, kLayer[m], m));
-    if (kind == kQ4_0 && l.q4.size() <= m) l.q4.push_back(quant_rows(18, kLayer[m], m));
+    if (kind == kQ8_0 && l.q8.size() <= m)
+      l.q8.push_back(bench::quant_blocks(34, kLayer[m].rows, kLayer[m].cols, m));
+    if (kind == kQ4_0 && l.q4.size() <= m)
+      l.q4.push_back(bench::quant_blocks(18, kLayer[m].rows, kLayer[m].cols, m));
     if (kind == kBf16 && l.bf16.size() <= m)
       l.bf16.push_back(dense_rows<Eigen::bfloat16>(kLayer[m], m));
     if (kind == kF32 && l.f32.size() <= m) l.f32.push_back(dense_rows<float>(kLayer[m], m));
