@@ -9,7 +9,9 @@
 //
 //   bench_flags [rounds (40)] [substring of the case names to run]
 //
-// The modules and their flags come from bench/CMakeLists.txt (KVATTN_FLAGS_MODULES).
+// The modules and their flags come from bench/CMakeLists.txt; the environment
+// variable KVATTN_FLAGS_MODULES="label=path|label=path|..." replaces them, for
+// example with the modules of another commit's build (same flags_cases.hpp).
 #include <kvattn/kvattn.hpp>
 
 #include "bench_common.hpp"
@@ -168,7 +170,9 @@ int main(int argc, char** argv) {
                          q8.data(),
                          q4.data(),
                          x.data()};
-  const std::vector<Module> modules = load_modules(KVATTN_FLAGS_MODULES, in);
+  const char* spec = std::getenv("KVATTN_FLAGS_MODULES");  // e.g. modules of two commits
+  const std::vector<Module> modules =
+      load_modules(spec != nullptr && *spec != '\0' ? spec : KVATTN_FLAGS_MODULES, in);
 
   std::printf(
       "Rounds: %d; ms are medians; a ratio is the median over rounds of a module's\n"

@@ -35,7 +35,9 @@
 //     store_i16(int16_t*, F integral), store_pairs_i16(int16_t*, F a, F b)
 //     (2*kLanes int16: a_i, b_i interleaved; values in [0, 32767])
 //   kHintEvery: inner steps (feature vectors of a score tile, rows of a
-//     value tile) between two groups of prefetch hints; a power of two
+//     value tile) between two groups of prefetch hints; a power of two.
+//     The kernels test the step in their one loop (a nested loop of
+//     kHintEvery steps was slower; docs/kernels.md).
 
 using F = typename V::F;
 inline constexpr int L = V::kLanes;
@@ -166,26 +168,23 @@ KVATTN_KERNEL_INLINE void scores_tile(const float* q, Index g, Index hd, const S
   KVATTN_UNROLL
   for (int i = 0; i < R * H; ++i) acc[i] = V::zero();
   const Index full = hd - hd % L;
-  for (Index d0 = 0; d0 < full; d0 += V::kHintEvery * L) {
-    pf.part();
-    const Index d1 = std::min(full, d0 + V::kHintEvery * L);
-    for (Index d = d0; d < d1; d += L) {
-      F kv[R];
+  for (Index d = 0; d < full; d += L) {
+    if (d / L % V::kHintEvery == 0) pf.part();
+    F kv[R];
+    KVATTN_UNROLL
+    for (int r = 0; r < R; ++r) {
+      // keep() on a local, not on the array element: an element whose address
+      // is taken makes GCC store the array on every iteration.
+      F loaded = V::load(k[r] + d);
+      if constexpr (H > 1) V::keep(loaded);  // else one use: a folded load is best
+      kv[r] = loaded;
+    }
+    KVATTN_UNROLL
+    for (int h = 0; h < H; ++h) {
+      F qv = V::loadu(q + h * hd + d);
+      V::keep(qv);
       KVATTN_UNROLL
-      for (int r = 0; r < R; ++r) {
-        // keep() on a local, not on the array element: an element whose address
-        // is taken makes GCC store the array on every iteration.
-        F loaded = V::load(k[r] + d);
-        if constexpr (H > 1) V::keep(loaded);  // else one use: a folded load is best
-        kv[r] = loaded;
-      }
-      KVATTN_UNROLL
-      for (int h = 0; h < H; ++h) {
-        F qv = V::loadu(q + h * hd + d);
-        V::keep(qv);
-        KVATTN_UNROLL
-        for (int r = 0; r < R; ++r) acc[r * H + h] = V::fma(kv[r], qv, acc[r * H + h]);
-      }
+      for (int r = 0; r < R; ++r) acc[r * H + h] = V::fma(kv[r], qv, acc[r * H + h]);
     }
   }
   if (full < hd) {
@@ -327,23 +326,20 @@ KVATTN_KERNEL_INLINE void accumulate_tile(const float* p, Index g, Index hd, con
     KVATTN_UNROLL
     for (int e = 0; e < D; ++e) acc[h * D + e] = V::loadu(o + h * hd + d + e * L);
   }
-  for (Index j0 = 0; j0 < n; j0 += V::kHintEvery) {
-    pf.part();
-    const Index j1 = std::min(n, j0 + V::kHintEvery);
-    for (Index j = j0; j < j1; ++j) {
-      F x[D];
+  for (Index j = 0; j < n; ++j) {
+    if (j % V::kHintEvery == 0) pf.part();
+    F x[D];
+    KVATTN_UNROLL
+    for (int e = 0; e < D; ++e) {
+      F loaded = V::load(v[j] + d + e * L);
+      if constexpr (H > 1) V::keep(loaded);
+      x[e] = loaded;
+    }
+    KVATTN_UNROLL
+    for (int h = 0; h < H; ++h) {
+      const F w = V::set1(p[j * g + h]);
       KVATTN_UNROLL
-      for (int e = 0; e < D; ++e) {
-        F loaded = V::load(v[j] + d + e * L);
-        if constexpr (H > 1) V::keep(loaded);
-        x[e] = loaded;
-      }
-      KVATTN_UNROLL
-      for (int h = 0; h < H; ++h) {
-        const F w = V::set1(p[j * g + h]);
-        KVATTN_UNROLL
-        for (int e = 0; e < D; ++e) acc[h * D + e] = V::fma(w, x[e], acc[h * D + e]);
-      }
+      for (int e = 0; e < D; ++e) acc[h * D + e] = V::fma(w, x[e], acc[h * D + e]);
     }
   }
   KVATTN_UNROLL

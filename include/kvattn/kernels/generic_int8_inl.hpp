@@ -119,19 +119,16 @@ KVATTN_KERNEL_INLINE void scores_tile_i8(const std::int16_t* q16, const float* q
   typename V::I32 acc[R * H];
   KVATTN_UNROLL
   for (int i = 0; i < R * H; ++i) acc[i] = V::izero();
-  for (Index d0 = 0; d0 < hd; d0 += V::kHintEvery * 2 * L) {
-    pf.part();
-    const Index d1 = std::min(hd, d0 + V::kHintEvery * 2 * L);
-    for (Index d = d0; d < d1; d += 2 * L) {
-      typename V::I16 kv[R];
+  for (Index d = 0; d < hd; d += 2 * L) {
+    if (d / (2 * L) % V::kHintEvery == 0) pf.part();
+    typename V::I16 kv[R];
+    KVATTN_UNROLL
+    for (int r = 0; r < R; ++r) kv[r] = V::load_i8_i16(k[r] + d);
+    KVATTN_UNROLL
+    for (int h = 0; h < H; ++h) {
+      const typename V::I16 qv = V::load_i16(q16 + h * hd + d);
       KVATTN_UNROLL
-      for (int r = 0; r < R; ++r) kv[r] = V::load_i8_i16(k[r] + d);
-      KVATTN_UNROLL
-      for (int h = 0; h < H; ++h) {
-        const typename V::I16 qv = V::load_i16(q16 + h * hd + d);
-        KVATTN_UNROLL
-        for (int r = 0; r < R; ++r) acc[r * H + h] = V::dot_pairs(acc[r * H + h], kv[r], qv);
-      }
+      for (int r = 0; r < R; ++r) acc[r * H + h] = V::dot_pairs(acc[r * H + h], kv[r], qv);
     }
   }
   float f[R * H];
@@ -213,14 +210,11 @@ KVATTN_KERNEL_INLINE void accumulate_tile_i8(const std::int16_t* w16, Index g, I
   for (int i = 0; i < H * D; ++i) acc[i] = V::izero();
   const Index pairs_end = n - n % 2;
   Index j = 0;
-  while (j < pairs_end) {  // blocks of kHintEvery row pairs, a group of hints each
-    pf.part();
-    const Index j1 = std::min(pairs_end, j + 2 * V::kHintEvery);
-    for (; j < j1; j += 2) {
-      typename V::I16 x[D];
-      interleave_rows<D>(v[j] + d, v[j + 1] + d, x);
-      accumulate_pair<H, D>(w16 + j * g, x, acc);
-    }
+  for (; j < pairs_end; j += 2) {  // a group of hints every kHintEvery row pairs
+    if (j / 2 % V::kHintEvery == 0) pf.part();
+    typename V::I16 x[D];
+    interleave_rows<D>(v[j] + d, v[j + 1] + d, x);
+    accumulate_pair<H, D>(w16 + j * g, x, acc);
   }
   if (j < n) {  // an odd last row, paired with a row of zeros (its code is 0 too)
     typename V::I16 x[D];
