@@ -53,6 +53,9 @@ std::vector<Module> load_modules(const std::string& spec, const flags::Inputs& i
     const size_t end = std::min(spec.find('|', start), spec.size());
     const std::string item = spec.substr(start, end - start);
     const size_t eq = item.rfind('=');
+    if (eq == std::string::npos || eq == 0 || eq + 1 == item.size()) {
+      throw std::invalid_argument("bench_flags: module = \"" + item + "\", expected label=path");
+    }
     void* h = dlopen(item.substr(eq + 1).c_str(), RTLD_NOW | RTLD_LOCAL);
     if (h == nullptr) throw std::runtime_error(std::string("bench_flags: ") + dlerror());
     Module m;
@@ -63,6 +66,10 @@ std::vector<Module> load_modules(const std::string& spec, const flags::Inputs& i
     m.target = symbol<flags::TargetFn>(h, "kvattn_flags_target")();
     modules.push_back(m);
     start = end + 1;
+  }
+  if (modules.empty()) {
+    throw std::invalid_argument("bench_flags: modules = \"" + spec +
+                                "\", expected at least one label=path");
   }
   return modules;
 }
