@@ -100,6 +100,7 @@ struct V {
     x[0] = vmovl_s8(vzip1_s8(ra, rb));
     x[1] = vmovl_s8(vzip2_s8(ra, rb));
   }
+  static void pairs_order(I32&, I32&) {}  // interleave2_i8's pairs are in order
   static I16 broadcast_pair(const std::int16_t* w) {
     std::int32_t both;
     std::memcpy(&both, w, sizeof both);

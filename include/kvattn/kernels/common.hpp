@@ -36,9 +36,11 @@
 /// kernels are reached only through the dispatch table, never inlined into
 /// the user's code. Define KVATTN_KERNELS_AT_BUILD_LEVEL to compile them at
 /// the build's own level. Clang needs nothing: its -O2 runs the same passes.
+/// Without tree PRE: with it GCC 12 copies every accumulator of the int8
+/// kernels' loops to another register and back on each step (docs/kernels.md).
 #if defined(__GNUC__) && !defined(__clang__) && defined(__OPTIMIZE__) && \
     !defined(__OPTIMIZE_SIZE__) && !defined(KVATTN_KERNELS_AT_BUILD_LEVEL)
-#define KVATTN_KERNEL_OPTIMIZE _Pragma("GCC optimize(\"O3\")")
+#define KVATTN_KERNEL_OPTIMIZE _Pragma("GCC optimize(\"O3\", \"no-tree-pre\")")
 #else
 #define KVATTN_KERNEL_OPTIMIZE
 #endif

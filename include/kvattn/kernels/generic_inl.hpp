@@ -25,7 +25,9 @@
 //     load_i8_i16(const int8_t*), load_i16(const int16_t*),
 //     dot_pairs(I32 acc, I16 a, I16 b): acc_i + a_2i b_2i + a_2i+1 b_2i+1,
 //     interleave_i8(a, b): the kLanes pairs (a[d], b[d]) as I16,
-//     interleave2_i8(a, b, I16 x[2]): the same for 2*kLanes values (x[1]: the upper kLanes),
+//     interleave2_i8(a, b, I16 x[2]): the same for 2*kLanes values, in an order of
+//       the target's choosing that pairs_order(I32& x0, I32& x1) undoes on the two
+//       accumulators of their dot products (x1: the upper kLanes),
 //     broadcast_pair(const int16_t*), to_float(I32),
 //     for rows of g values (g a power of two, 2 g <= kLanes):
 //     expand_rows(const float* f, g): lane i = f[i / g] (reads kLanes / g values),
@@ -36,6 +38,7 @@
 //     (2*kLanes int16: a_i, b_i interleaved; values in [0, 32767])
 //   kHintEvery: inner steps (feature vectors of a score tile, rows of a
 //     value tile) between two groups of prefetch hints; a power of two.
+//     (int8 score tiles in the integer domain hint once per tile.)
 //     The kernels test the step in their one loop (a nested loop of
 //     kHintEvery steps was slower; docs/kernels.md).
 

@@ -113,14 +113,15 @@ inline float quantize_weights(const float* p, Index n, Index g, const float* vs,
 }
 
 template <int R, int H>
-KVATTN_KERNEL_INLINE void scores_tile_i8(const std::int16_t* q16, const float* qs, Index g,
-                                         Index hd, const std::int8_t* const* k, const float* c,
-                                         float scale, float* s, Prefetch<std::int8_t>& pf) {
+KVATTN_KERNEL_INLINE void scores_tile_i8(const std::int16_t* q16, [[maybe_unused]] const float* qs,
+                                         [[maybe_unused]] const float* qt, Index g, Index hd,
+                                         const std::int8_t* const* k, const float* c, float scale,
+                                         float* s, Prefetch<std::int8_t>& pf) {
   typename V::I32 acc[R * H];
   KVATTN_UNROLL
   for (int i = 0; i < R * H; ++i) acc[i] = V::izero();
+  pf.part();  // the tile's hints, before its loop (inside, they cost registers)
   for (Index d = 0; d < hd; d += 2 * L) {
-    if (d / (2 * L) % V::kHintEvery == 0) pf.part();
     typename V::I16 kv[R];
     KVATTN_UNROLL
     for (int r = 0; r < R; ++r) kv[r] = V::load_i8_i16(k[r] + d);
@@ -131,11 +132,15 @@ KVATTN_KERNEL_INLINE void scores_tile_i8(const std::int16_t* q16, const float* q
       for (int r = 0; r < R; ++r) acc[r * H + h] = V::dot_pairs(acc[r * H + h], kv[r], qv);
     }
   }
-  float f[R * H];
-  KVATTN_UNROLL
-  for (int r = 0; r < R; ++r) {
+  alignas(64) float f[R * H];
+  if constexpr (R * H == L && 2 * H <= L) {  // scale * c[r] * qs[h] in one vector
+    V::storeu(f, V::mul(V::mul(V::expand_rows(c, H), V::set1(scale)), V::loadu(qt)));
+  } else {
     KVATTN_UNROLL
-    for (int h = 0; h < H; ++h) f[r * H + h] = scale * c[r] * qs[h];
+    for (int r = 0; r < R; ++r) {
+      KVATTN_UNROLL
+      for (int h = 0; h < H; ++h) f[r * H + h] = scale * c[r] * qs[h];
+    }
   }
   if (H == g) {  // the tile's scores are R whole rows of s, one run of R * H
     V::scaled_sums_i32(acc, R * H, f, s);
@@ -165,13 +170,17 @@ struct ScoresI8Op {
   void run(Index r) {
     constexpr int R = kAcc / H > 0 ? kAcc / H : 1;
     Prefetch<std::int8_t> hints = r == 0 ? pf : Prefetch<std::int8_t>{}, none;
-    hints.split(n / R * hint_groups(hd / (2 * L)));
+    hints.split(n / R);           // one group of hints per tile
+    alignas(64) float qt[R * H];  // qt[i * H + h] = qs[r + h]
+    for (int i = 0; i < R * H; ++i) qt[i] = qs[r + i % H];
     Index j = 0;
     for (; j + R <= n; j += R) {
-      scores_tile_i8<R, H>(q16 + r * hd, qs + r, g, hd, k + j, c + j, scale, s + j * g + r, hints);
+      scores_tile_i8<R, H>(q16 + r * hd, qs + r, qt, g, hd, k + j, c + j, scale, s + j * g + r,
+                           hints);
     }
     for (; j < n; ++j) {
-      scores_tile_i8<1, H>(q16 + r * hd, qs + r, g, hd, k + j, c + j, scale, s + j * g + r, none);
+      scores_tile_i8<1, H>(q16 + r * hd, qs + r, qt, g, hd, k + j, c + j, scale, s + j * g + r,
+                           none);
     }
   }
 };
@@ -220,6 +229,13 @@ KVATTN_KERNEL_INLINE void accumulate_tile_i8(const std::int16_t* w16, Index g, I
     typename V::I16 x[D];
     interleave_rows<D>(v[j] + d, zeros, x);
     accumulate_pair<H, D>(w16 + j * g, x, acc);
+  }
+  if constexpr (D % 2 == 0) {  // interleave2_i8's pair order, undone
+    KVATTN_UNROLL
+    for (int h = 0; h < H; ++h) {
+      KVATTN_UNROLL
+      for (int e = 0; e < D; e += 2) V::pairs_order(acc[h * D + e], acc[h * D + e + 1]);
+    }
   }
   const F scale = V::set1(ws);
   KVATTN_UNROLL

@@ -188,6 +188,7 @@ struct V {
     x[0] = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(ra, rb));
     x[1] = _mm256_cvtepi8_epi16(_mm_unpackhi_epi8(ra, rb));
   }
+  static void pairs_order(I32&, I32&) {}  // interleave2_i8's pairs are in order
   static I16 broadcast_pair(const std::int16_t* w) {
     std::int32_t both;
     std::memcpy(&both, w, sizeof both);

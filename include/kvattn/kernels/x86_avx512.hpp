@@ -144,9 +144,21 @@ struct V {
                                                  _mm_unpackhi_epi8(ra, rb), 1);
     return _mm512_cvtepi8_epi16(both);
   }
+  // Pair order: x[0] lane 4k + m holds element 8k + m, x[1] lane 4k + m
+  // element 8k + 4 + m (k, m < 4): two widenings and two in-lane unpacks,
+  // half the shuffles of interleaving first; pairs_order undoes it.
   static void interleave2_i8(const std::int8_t* a, const std::int8_t* b, I16* x) {
-    x[0] = interleave_i8(a, b);
-    x[1] = interleave_i8(a + 16, b + 16);
+    const __m512i wa = load_i8_i16(a), wb = load_i8_i16(b);
+    x[0] = _mm512_unpacklo_epi16(wa, wb);
+    x[1] = _mm512_unpackhi_epi16(wa, wb);
+  }
+  static void pairs_order(I32& x0, I32& x1) {
+    const __m512i lo = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+    const __m512i hi =
+        _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+    const __m512i n0 = _mm512_permutex2var_epi32(x0, lo, x1);
+    x1 = _mm512_permutex2var_epi32(x0, hi, x1);
+    x0 = n0;
   }
   static I16 broadcast_pair(const std::int16_t* w) {
     std::int32_t both;
@@ -172,7 +184,30 @@ struct V {
     even = _mm512_permutex2var_ps(x0, idx, x1);
     odd = _mm512_permutex2var_ps(x0, _mm512_add_epi32(idx, _mm512_set1_epi32(int(g))), x1);
   }
+  /// Lane i: the sum of a[i]'s lanes, for 16 vectors (a tree of in-lane
+  /// unpacks, then 128-bit lane shuffles: 30 shuffles in all).
+  static __m512i isum16(const I32* a) {
+    __m512i b[8], c[4], d[2];
+    for (int i = 0; i < 8; ++i) {
+      b[i] = _mm512_add_epi32(_mm512_unpacklo_epi32(a[2 * i], a[2 * i + 1]),
+                              _mm512_unpackhi_epi32(a[2 * i], a[2 * i + 1]));
+    }
+    for (int i = 0; i < 4; ++i) {
+      c[i] = _mm512_add_epi32(_mm512_unpacklo_epi64(b[2 * i], b[2 * i + 1]),
+                              _mm512_unpackhi_epi64(b[2 * i], b[2 * i + 1]));
+    }
+    for (int i = 0; i < 2; ++i) {
+      d[i] = _mm512_add_epi32(_mm512_shuffle_i32x4(c[2 * i], c[2 * i + 1], 0x88),
+                              _mm512_shuffle_i32x4(c[2 * i], c[2 * i + 1], 0xDD));
+    }
+    return _mm512_add_epi32(_mm512_shuffle_i32x4(d[0], d[1], 0x88),
+                            _mm512_shuffle_i32x4(d[0], d[1], 0xDD));
+  }
   static void scaled_sums_i32(const I32* a, int n, const float* f, float* out) {
+    if (n == 16) {
+      _mm512_storeu_ps(out, _mm512_mul_ps(_mm512_cvtepi32_ps(isum16(a)), _mm512_loadu_ps(f)));
+      return;
+    }
     for (int i0 = 0; i0 < n; i0 += 8) {
       __m256i b[8];
       for (int i = 0; i < 8; ++i) {
